@@ -1,0 +1,12 @@
+"""scratchgpt: a GPT from scratch, with every forward and backward written by hand.
+
+    import scratchgpt as sg
+    model = sg.GPTModel(sg.GPTConfig(vocab_size=65, context_length=64, emb_dim=128,
+                                     n_heads=4, n_layers=4))
+"""
+from scratchgpt import backend
+from scratchgpt.model import (GELU, FeedForward, GPTConfig, GPTModel, LayerNorm,
+                              MultiHeadAttention, TransformerBlock)
+from scratchgpt.optim import SGD, AdamW, clip_grad_norm
+
+__version__ = "0.1.0"

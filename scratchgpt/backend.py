@@ -1,0 +1,122 @@
+"""The backend switch: which array library does the math, in which precision.
+
+    import scratchgpt as sg
+    sg.backend.use("numpy")     # the default; "cupy" runs the same code on a GPU
+                                # (or set SCRATCHGPT_BACKEND=cupy before importing)
+
+All math in `scratchgpt.ops` asks `array_module(x)` for the namespace of the arrays it
+was given, so the ops never import NumPy or CuPy themselves; code that *creates* arrays
+(model init, batches) uses `backend.xp`, the namespace chosen here.
+
+The fused numba kernels (`scratchgpt.kernels`) are switched here too, in one place:
+SCRATCHGPT_KERNELS=numba (the default when numba imports) or numpy (the readable
+reference code in the ops). They only ever see NumPy arrays; CuPy arrays take the
+reference path.
+"""
+import os
+
+import numpy
+
+xp = numpy                      # the active array namespace
+name = "numpy"
+DTYPES = {"float32": numpy.float32, "float64": numpy.float64}
+
+
+def use(backend_name):
+    """Select the array library: "numpy" or "cupy". Returns the namespace."""
+    global xp, name
+    if backend_name == "numpy":
+        xp, name = numpy, "numpy"
+    elif backend_name == "cupy":
+        xp, name = _import_cupy(), "cupy"
+    else:
+        raise ValueError(f"unknown backend {backend_name!r}: use 'numpy' or 'cupy'")
+    return xp
+
+
+def _import_cupy():
+    try:
+        import cupy
+    except ImportError as e:
+        raise RuntimeError(
+            "the 'cupy' backend needs CuPy: pip install 'scratchgpt[gpu]' "
+            "(cupy-cuda12x; for CUDA 13 use cupy-cuda13x)") from e
+    if not cupy.cuda.is_available():
+        raise RuntimeError("the 'cupy' backend needs a CUDA GPU, and CuPy sees none "
+                           "(cupy.cuda.is_available() is False)")
+    return cupy
+
+
+def array_module(x):
+    """NumPy or CuPy, whichever owns the array `x` (NumPy for plain Python values)."""
+    if type(x).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    return numpy
+
+
+def to_numpy(x):
+    """A host (NumPy) copy of an array from either backend; NumPy arrays pass through."""
+    if type(x).__module__.startswith("cupy"):
+        return x.get()
+    return numpy.asarray(x)
+
+
+def asarray(x, dtype=None):
+    """Put `x` on the active backend (a host-to-device copy on CuPy)."""
+    return xp.asarray(x, dtype=dtype)
+
+
+def get_dtype(dtype):
+    """'float32' / 'float64' (or the numpy dtype) -> numpy dtype object."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unsupported dtype {dtype!r}: use 'float32' or 'float64'")
+        return numpy.dtype(DTYPES[dtype])
+    dt = numpy.dtype(dtype)
+    if dt not in (numpy.float32, numpy.float64):
+        raise ValueError(f"unsupported dtype {dt}: use float32 or float64")
+    return dt
+
+
+def rng(seed):
+    """A seeded generator on the active backend (numpy.random.Generator / cupy's)."""
+    return xp.random.default_rng(seed)
+
+
+# ---- the kernel switch: read once, here ------------------------------------------------
+def _load_kernels():
+    choice = os.environ.get("SCRATCHGPT_KERNELS", "numba").lower()
+    if choice not in ("numba", "numpy"):
+        raise ValueError(f"SCRATCHGPT_KERNELS={choice!r}: use 'numba' or 'numpy'")
+    if choice == "numpy":
+        return None
+    try:
+        from scratchgpt import kernels
+    except ImportError:          # numba missing: the reference code is used
+        return None
+    return kernels
+
+
+_kernels = _load_kernels()
+
+
+def use_kernels(enabled):
+    """Turn the numba kernels on or off at run time (tests compare both paths)."""
+    global _kernels
+    if enabled:
+        from scratchgpt import kernels
+        _kernels = kernels
+    else:
+        _kernels = None
+
+
+def fused(x):
+    """The numba kernels module when they apply to array `x` (NumPy, kernels on), else None."""
+    if _kernels is not None and isinstance(x, numpy.ndarray):
+        return _kernels
+    return None
+
+
+if os.environ.get("SCRATCHGPT_BACKEND"):
+    use(os.environ["SCRATCHGPT_BACKEND"])

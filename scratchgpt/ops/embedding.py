@@ -1,0 +1,43 @@
+"""Token and position embeddings: a table lookup forward, a scatter-add backward."""
+from scratchgpt.backend import array_module
+
+
+def embedding_forward(ids, weight):
+    """out[b, t] = weight[ids[b, t]]   (B, T) ids, (V, C) table -> (B, T, C)"""
+    return weight[ids], (ids, weight.shape)
+
+
+def embedding_backward(dout, cache):
+    """dweight[v] = sum of dout[b, t] over every (b, t) with ids[b, t] == v.
+
+    A token id that appears several times collects the gradient of every appearance,
+    so this is a scatter-*add*, not an assignment.
+    """
+    ids, shape = cache
+    xp = array_module(dout)
+    dweight = xp.zeros(shape, dtype=dout.dtype)                 # (V, C)
+    _scatter_add(dweight, ids.reshape(-1), dout.reshape(-1, shape[1]))
+    return dweight
+
+
+def _scatter_add(target, rows, values):
+    if array_module(target).__name__ == "cupy":
+        import cupyx
+        cupyx.scatter_add(target, rows, values)
+    else:
+        import numpy
+        numpy.add.at(target, rows, values)
+
+
+def position_embedding_forward(T, weight):
+    """out[t] = weight[t] for t < T   (context_length, C) -> (T, C), broadcast over the batch"""
+    return weight[:T], T
+
+
+def position_embedding_backward(dout, cache, context_length):
+    """dweight[t] = sum over the batch of dout[:, t]; rows t >= T get no gradient."""
+    T = cache
+    xp = array_module(dout)
+    dweight = xp.zeros((context_length, dout.shape[-1]), dtype=dout.dtype)
+    dweight[:T] = dout.reshape(-1, T, dout.shape[-1]).sum(axis=0)   # (B, T, C) -> (T, C)
+    return dweight

@@ -1,0 +1,44 @@
+"""Softmax over the last axis, and its causal (masked) form used by attention."""
+from scratchgpt import backend
+from scratchgpt.backend import array_module
+
+
+def softmax_forward(x):
+    """y = exp(x - max(x)) / sum(exp(x - max(x)))   (max subtracted so exp never overflows)"""
+    xp = array_module(x)
+    e = xp.exp(x - x.max(axis=-1, keepdims=True))
+    y = e / e.sum(axis=-1, keepdims=True)
+    return y, y
+
+
+def softmax_backward(dy, cache):
+    """dx = y * (dy - sum(dy * y))   (the Jacobian diag(y) - y y^T applied to dy)"""
+    y = cache
+    return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
+
+
+def causal_softmax_forward(x):
+    """Softmax of attention scores (..., T, T) where query t sees keys 0..t only.
+
+    The mask is applied *before* the softmax: scores of future keys become -inf, so they
+    get exactly zero weight and the remaining weights of each row still sum to 1.
+    """
+    k = backend.fused(x)
+    if k is not None:
+        T = x.shape[-1]
+        y = k.causal_softmax_forward(x.reshape(-1, T, T)).reshape(x.shape)
+        return y, y
+    xp = array_module(x)
+    T = x.shape[-1]
+    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)          # True above the diagonal
+    return softmax_forward(xp.where(future, -xp.inf, x))
+
+
+def causal_softmax_backward(dy, cache):
+    """Same as softmax_backward; masked entries have y = 0, so they get dx = 0."""
+    y = cache
+    k = backend.fused(y)
+    if k is not None:
+        T = y.shape[-1]
+        return k.causal_softmax_backward(dy.reshape(-1, T, T), y.reshape(-1, T, T)).reshape(y.shape)
+    return softmax_backward(dy, y)

@@ -1,0 +1,96 @@
+"""Optimizers that update the model's flat parameter buffer in one vectorised step."""
+import math
+
+from scratchgpt.backend import array_module
+
+
+class AdamW:
+    """Adam with decoupled weight decay (Loshchilov & Hutter), the update torch.optim.AdamW does:
+
+        p <- p * (1 - lr * wd)                              only for the 2-D weights (GPT-2 / nanoGPT)
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+        p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    Biases, LayerNorm weights and position/token tables of 1-D shape get no decay; the
+    model stores the decayed tensors first, so decay is one slice: params[:model.n_decay].
+    """
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        self.model = model
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        xp = array_module(model.flat_params)
+        self.m = xp.zeros_like(model.flat_params)
+        self.v = xp.zeros_like(model.flat_params)
+        self._tmp = xp.zeros_like(model.flat_params)     # reused every step: no large temporaries
+        self.t = 0
+
+    def step(self):
+        xp = array_module(self.m)
+        p, g, m, v, tmp = self.model.flat_params, self.model.flat_grads, self.m, self.v, self._tmp
+        b1, b2 = self.betas
+        self.t += 1
+        if self.weight_decay:
+            p[:self.model.n_decay] *= 1.0 - self.lr * self.weight_decay
+        m *= b1                                          # m = b1 m + (1 - b1) g
+        m += (1.0 - b1) * g
+        v *= b2                                          # v = b2 v + (1 - b2) g^2
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - b2
+        v += tmp
+        xp.sqrt(v, out=tmp)                              # denominator, bias-corrected
+        tmp *= 1.0 / math.sqrt(1.0 - b2 ** self.t)
+        tmp += self.eps
+        xp.divide(m, tmp, out=tmp)
+        tmp *= self.lr / (1.0 - b1 ** self.t)
+        p -= tmp
+
+    def zero_grad(self):
+        self.model.zero_grad()
+
+    def state_dict(self):
+        """Arrays and numbers only (a checkpoint stores it without pickle)."""
+        return {"m": self.m, "v": self.v, "t": self.t, "lr": self.lr, "betas": list(self.betas),
+                "eps": self.eps, "weight_decay": self.weight_decay}
+
+    def load_state_dict(self, d):
+        for name in ("m", "v"):
+            if tuple(d[name].shape) != self.m.shape:
+                raise ValueError(f"optimizer state {name!r} has shape {tuple(d[name].shape)}, "
+                                 f"the model has {self.m.shape[0]} parameters")
+        self.m[...] = array_module(self.m).asarray(d["m"])
+        self.v[...] = array_module(self.v).asarray(d["v"])
+        self.t = int(d["t"])
+        self.lr, self.betas = float(d["lr"]), tuple(d["betas"])
+        self.eps, self.weight_decay = float(d["eps"]), float(d["weight_decay"])
+
+
+class SGD:
+    """Plain gradient descent, p <- p - lr * g (with optional momentum), for comparison."""
+
+    def __init__(self, model, lr=1e-2, momentum=0.0):
+        self.model, self.lr, self.momentum = model, lr, momentum
+        self.buf = array_module(model.flat_params).zeros_like(model.flat_params) if momentum else None
+
+    def step(self):
+        g = self.model.flat_grads
+        if self.buf is not None:                         # buf = momentum * buf + g
+            self.buf *= self.momentum
+            self.buf += g
+            g = self.buf
+        self.model.flat_params -= self.lr * g
+
+    def zero_grad(self):
+        self.model.zero_grad()
+
+
+def clip_grad_norm(model, max_norm):
+    """Scale all gradients so their global L2 norm is at most max_norm (torch's clip_grad_norm_).
+
+    Returns the norm before clipping, as a float.
+    """
+    g = model.flat_grads
+    total = float(math.sqrt(float((g * g).sum()))) if g.size else 0.0
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        g *= coef
+    return total

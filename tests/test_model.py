@@ -1,0 +1,260 @@
+"""The whole model against an independent torch GPT-2 (tests/torch_gpt.py), plus finite differences."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_close, rel_err
+from torch_gpt import torch_gpt_logits, torch_params
+import scratchgpt as sg
+
+TINY = dict(vocab_size=11, context_length=8, emb_dim=12, n_heads=3, n_layers=2)
+
+
+def batch(cfg, B, T, seed=0, ignore=False):
+    r = np.random.default_rng(seed)
+    idx = r.integers(0, cfg.vocab_size, size=(B, T))
+    idx[0, : min(T, 3)] = 2                                  # repeated token ids
+    tgt = r.integers(0, cfg.vocab_size, size=(B, T))
+    if ignore:
+        tgt[:, ::2] = -100
+    return idx, tgt
+
+
+def dropout_masks(model):
+    """The dropout masks of the last forward, in the order they were drawn."""
+    masks = [model._cache[2]]
+    for b in model.blocks:
+        masks += [b.attn.cache[1][5], b.drop1, b.drop2]
+    return [torch.tensor(m) for m in masks]
+
+
+def check_against_torch(cfg, dtype, B, T, ignore=False, seed=0):
+    model = sg.GPTModel(cfg, seed=seed, dtype=dtype)
+    idx, tgt = batch(cfg, B, T, seed, ignore)
+    loss = model.loss(idx, tgt)
+    model.zero_grad()
+    model.backward()
+    masks = dropout_masks(model) if cfg.drop_rate > 0 else None
+    P = torch_params({k: np.asarray(v, dtype=np.float64) for k, v in model.state_dict().items()})
+    ref_logits = torch_gpt_logits(P, torch.tensor(idx), cfg,
+                                  masks=[m.double() for m in masks] if masks else None)
+    ref_loss = F.cross_entropy(ref_logits.reshape(-1, cfg.vocab_size), torch.tensor(tgt).reshape(-1))
+    ref_loss.backward()
+    errs = {"loss": assert_close(np.array(loss), ref_loss, dtype, "loss")}
+    for name, g in model.grads().items():
+        errs[name] = assert_close(g, P[name].grad, dtype, name)
+    if cfg.drop_rate == 0:
+        errs["logits"] = assert_close(model.eval()(idx), ref_logits, dtype, "logits")
+    return errs
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("variant", [
+    dict(),                                            # tied head, no qkv bias
+    dict(qkv_bias=True, tie_weights=False),
+    dict(post_norm=True, qkv_bias=True),
+    dict(gelu_approximate="none"),
+])
+@pytest.mark.parametrize("B,T", [(1, 1), (2, 5), (3, 8)])
+def test_model_matches_torch_logits_loss_and_every_gradient(kernels, dtype, variant, B, T):
+    cfg = sg.GPTConfig(**TINY, **variant)
+    check_against_torch(cfg, dtype, B, T, ignore=(B == 2))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_model_with_dropout_matches_torch_replaying_the_same_masks(dtype):
+    cfg = sg.GPTConfig(**TINY, drop_rate=0.3, qkv_bias=True)
+    check_against_torch(cfg, dtype, 2, 8)
+
+
+def test_dropout_is_off_in_eval_mode_and_seeded_in_train_mode():
+    cfg = sg.GPTConfig(**TINY, drop_rate=0.5)
+    idx, _ = batch(cfg, 2, 8)
+    a, b = sg.GPTModel(cfg, seed=3), sg.GPTModel(cfg, seed=3)
+    np.testing.assert_array_equal(a(idx), b(idx))                 # same seed, same masks
+    assert not np.allclose(a(idx), a(idx))                        # fresh masks each call
+    a.eval()
+    np.testing.assert_array_equal(a(idx), a(idx))                 # eval: deterministic
+
+
+def test_finite_differences_on_a_handful_of_parameters():
+    cfg = sg.GPTConfig(**TINY, qkv_bias=True)
+    model = sg.GPTModel(cfg, seed=1, dtype="float64")
+    idx, tgt = batch(cfg, 2, 6, seed=1)
+    model.loss(idx, tgt)
+    model.zero_grad()
+    model.backward()
+    grads = {k: v.copy() for k, v in model.grads().items()}
+    r = np.random.default_rng(0)
+    for name in ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.attn.c_attn.weight",
+                 "transformer.h.0.attn.c_attn.bias", "transformer.h.1.mlp.c_fc.weight",
+                 "transformer.h.1.ln_2.weight", "transformer.ln_f.bias"]:
+        p = model.state_dict()[name]
+        for _ in range(3):
+            i = tuple(r.integers(0, s) for s in p.shape)
+            if name == "transformer.wpe.weight":
+                i = (r.integers(0, 6),) + i[1:]          # only rows < T take part
+            old, h = p[i], 1e-5
+            p[i] = old + h
+            up = model.loss(idx, tgt)
+            p[i] = old - h
+            down = model.loss(idx, tgt)
+            p[i] = old
+            numeric = (up - down) / (2 * h)
+            assert abs(numeric - grads[name][i]) <= 1e-6 * max(1.0, abs(numeric)), (name, i)
+
+
+def test_tied_head_gradient_holds_embedding_and_head_contributions():
+    cfg = sg.GPTConfig(**TINY)
+    model = sg.GPTModel(cfg, seed=0, dtype="float64")
+    idx, tgt = batch(cfg, 2, 6)
+    model.loss(idx, tgt)
+    model.zero_grad()
+    model.backward()
+    P = torch_params({k: np.asarray(v) for k, v in model.state_dict().items()})
+    wte = P["transformer.wte.weight"]
+    # Split the tied table into two leaves: one used by the lookup, one by the head.
+    emb_leaf, head_leaf = wte.detach().clone().requires_grad_(), wte.detach().clone().requires_grad_()
+    P2 = dict(P)
+    P2["transformer.wte.weight"] = emb_leaf
+    cfg_untied = sg.GPTConfig(**TINY, tie_weights=False)
+    P2["lm_head.weight"] = head_leaf
+    logits = torch_gpt_logits(P2, torch.tensor(idx), cfg_untied)
+    F.cross_entropy(logits.reshape(-1, cfg.vocab_size), torch.tensor(tgt).reshape(-1)).backward()
+    g = model.grads()["transformer.wte.weight"]
+    assert rel_err(g, emb_leaf.grad + head_leaf.grad) < 1e-10
+    assert rel_err(g, head_leaf.grad) > 1e-3 and rel_err(g, emb_leaf.grad) > 1e-3   # both matter
+
+
+def test_parameter_counts_of_gpt2_small():
+    base = dict(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12)
+    shapes = sg.model.parameter_shapes
+    count = lambda cfg: sum(int(np.prod(s)) for s in shapes(cfg).values())
+    assert count(sg.GPTConfig(**base, qkv_bias=True)) == 124_439_808
+    assert count(sg.GPTConfig(**base, qkv_bias=False)) == 124_412_160
+    assert count(sg.GPTConfig(**base, qkv_bias=False, tie_weights=False)) - 124_412_160 == 38_597_376
+    small = sg.GPTModel(sg.GPTConfig(**TINY))
+    assert small.num_parameters() == count(small.cfg)
+
+
+def test_state_dict_names_and_layouts_are_hugging_face_gpt2():
+    cfg = sg.GPTConfig(**TINY, qkv_bias=True)
+    sd = sg.GPTModel(cfg).state_dict()
+    C = cfg.emb_dim
+    assert sd["transformer.wte.weight"].shape == (11, C)
+    assert sd["transformer.wpe.weight"].shape == (8, C)
+    assert sd["transformer.h.1.attn.c_attn.weight"].shape == (C, 3 * C)
+    assert sd["transformer.h.1.attn.c_attn.bias"].shape == (3 * C,)
+    assert sd["transformer.h.0.mlp.c_fc.weight"].shape == (C, 4 * C)
+    assert sd["transformer.h.0.mlp.c_proj.weight"].shape == (4 * C, C)
+    assert "lm_head.weight" not in sd and "transformer.ln_f.bias" in sd
+    assert "transformer.h.0.attn.c_attn.bias" not in sg.GPTModel(sg.GPTConfig(**TINY)).state_dict()
+    assert set(sd) == set(sg.GPTModel(cfg).grads())
+
+
+def test_load_state_dict_round_trip_and_strict_errors():
+    cfg = sg.GPTConfig(**TINY)
+    a, b = sg.GPTModel(cfg, seed=0), sg.GPTModel(cfg, seed=1)
+    idx, _ = batch(cfg, 1, 5)
+    b.load_state_dict({k: v.copy() for k, v in a.state_dict().items()})
+    np.testing.assert_array_equal(a(idx), b(idx))
+    sd = {k: v.copy() for k, v in a.state_dict().items()}
+    with pytest.raises(ValueError, match="missing 1 entry.*ln_f.bias"):
+        b.load_state_dict({k: v for k, v in sd.items() if k != "transformer.ln_f.bias"})
+    with pytest.raises(ValueError, match="unexpected 1 entry.*lm_head.weight"):
+        b.load_state_dict({**sd, "lm_head.weight": sd["transformer.wte.weight"]})
+    with pytest.raises(ValueError, match=r"'transformer.wpe.weight' has shape \(9, 12\), the model expects \(8, 12\)"):
+        b.load_state_dict({**sd, "transformer.wpe.weight": np.zeros((9, 12), np.float32)})
+    with pytest.raises(ValueError, match="dtype float64, the model expects float32"):
+        b.load_state_dict({**sd, "transformer.ln_f.bias": np.zeros(12)})
+
+
+def test_bad_input_names_the_problem():
+    model = sg.GPTModel(sg.GPTConfig(**TINY))
+    with pytest.raises(ValueError, match=r"token id 11 is outside the vocabulary \(size 11\)"):
+        model(np.array([[1, 11]]))
+    with pytest.raises(ValueError, match="token id -1 is outside"):
+        model(np.array([[-1, 2]]))
+    with pytest.raises(ValueError, match="sequence length 9 is longer than the context length 8"):
+        model(np.zeros((1, 9), dtype=np.int64))
+    with pytest.raises(ValueError, match="must be integers, got dtype float64"):
+        model(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match=r"shape \(batch, time\)"):
+        model(np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="target id 12 is outside"):
+        model.loss(np.zeros((1, 2), dtype=np.int64), np.array([[0, 12]]))
+    with pytest.raises(ValueError, match="not divisible"):
+        sg.GPTConfig(**{**TINY, "n_heads": 5})
+    with pytest.raises(RuntimeError, match="needs a forward pass"):
+        sg.GPTModel(sg.GPTConfig(**TINY)).backward()
+
+
+def test_backward_from_an_arbitrary_upstream_gradient_and_activation_grads():
+    """model.backward(dlogits) gives the gradient of sum(dlogits * logits); activation_grads
+    holds the gradient at each block output (what Grad-CAM needs)."""
+    cfg = sg.GPTConfig(**TINY)
+    model = sg.GPTModel(cfg, seed=0, dtype="float64").eval()
+    idx, _ = batch(cfg, 1, 6)
+    logits = model(idx)
+    d = np.zeros_like(logits)
+    d[0, -1, 4] = 1.0                                        # select one logit
+    model.zero_grad()
+    model.backward(d)
+    P = torch_params({k: np.asarray(v) for k, v in model.state_dict().items()})
+    ref = torch_gpt_logits(P, torch.tensor(idx), cfg)
+    ref[0, -1, 4].backward()
+    for name, g in model.grads().items():
+        assert rel_err(g, P[name].grad) < 1e-9, name
+    assert len(model.activation_grads) == cfg.n_layers + 1
+    assert model.activation_grads[1][0, -1].any()            # the selected position carries gradient
+
+
+def test_adamw_steps_lower_the_loss_on_a_fixed_batch():
+    cfg = sg.GPTConfig(**TINY)
+    model = sg.GPTModel(cfg, seed=0)
+    opt = sg.AdamW(model, lr=1e-2, weight_decay=0.1)
+    idx, tgt = batch(cfg, 4, 8)
+    losses = []
+    for _ in range(40):
+        losses.append(model.loss(idx, tgt))
+        model.zero_grad()
+        model.backward()
+        sg.clip_grad_norm(model, 1.0)
+        opt.step()
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_adamw_matches_torch_adamw_over_several_steps():
+    cfg = sg.GPTConfig(**TINY, qkv_bias=True)
+    model = sg.GPTModel(cfg, seed=0, dtype="float64")
+    opt = sg.AdamW(model, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    names = list(model.state_dict())
+    P = {k: torch.tensor(np.array(model.state_dict()[k]), requires_grad=True) for k in names}
+    decay = [P[k] for k in names if P[k].ndim >= 2]
+    no_decay = [P[k] for k in names if P[k].ndim < 2]
+    topt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=3e-3, betas=(0.9, 0.95), eps=1e-8)
+    r = np.random.default_rng(0)
+    for step in range(5):
+        g = r.standard_normal(model.flat_grads.shape)
+        model.flat_grads[...] = g
+        for k in names:
+            P[k].grad = torch.tensor(np.array(model.grads()[k]))
+        opt.step()
+        topt.step()
+    for k in names:
+        assert rel_err(model.state_dict()[k], P[k]) < 1e-6, k
+
+
+def test_clip_grad_norm_matches_torch():
+    cfg = sg.GPTConfig(**TINY)
+    model = sg.GPTModel(cfg, dtype="float64")
+    model.flat_grads[...] = np.random.default_rng(0).standard_normal(model.flat_grads.shape)
+    ts = [torch.zeros(model.flat_grads.shape, dtype=torch.float64, requires_grad=True)]
+    ts[0].grad = torch.tensor(np.array(model.flat_grads))
+    ref_norm = torch.nn.utils.clip_grad_norm_(ts, 1.0)
+    norm = sg.clip_grad_norm(model, 1.0)
+    assert abs(norm - float(ref_norm)) < 1e-9 * norm
+    assert rel_err(model.flat_grads, ts[0].grad) < 1e-12

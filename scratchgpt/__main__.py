@@ -1,0 +1,5 @@
+import sys
+
+from scratchgpt.cli import main
+
+sys.exit(main())

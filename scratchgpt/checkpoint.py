@@ -1,0 +1,132 @@
+"""Checkpoints: arrays and JSON in one `.npz` file, never pickle.
+
+A checkpoint holds the parameters (`param/<GPT-2 name>`), optionally the AdamW moments
+(`optim/m`, `optim/v`), and one JSON document (`meta.json`, stored as bytes) with the
+config, the tokenizer, the optimizer's scalars and the training state (iteration, RNG
+and data-sampler state), so a run can stop and resume bit-exactly.
+
+Writes are atomic: the file is written next to its destination under a temporary name,
+flushed to disk, then renamed over the old one, so a kill at any moment leaves either the
+old checkpoint or the new one, never half of one. Loads use `allow_pickle=False` and turn
+anything unreadable into one `CheckpointError` that says which file and why.
+"""
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+
+import numpy
+
+from scratchgpt import backend
+from scratchgpt.model import GPTConfig, GPTModel
+
+FORMAT = "scratchgpt-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, truncated, corrupt, foreign or mismatched."""
+
+
+@dataclass
+class Checkpoint:
+    model: GPTModel
+    tokenizer: object            # CharTokenizer / BPETokenizer, or None
+    optimizer_state: dict        # for AdamW.load_state_dict, or None
+    train_state: dict            # iteration, RNG and sampler state, or None
+    meta: dict
+
+
+def save(path, model, tokenizer=None, optimizer=None, train_state=None):
+    """Write a checkpoint atomically; `optimizer` and `train_state` are what `--resume` needs."""
+    meta = {"format": FORMAT, "config": model.cfg.to_dict(), "dtype": str(model.dtype),
+            "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+            "train_state": train_state}
+    arrays = {f"param/{k}": backend.to_numpy(v) for k, v in model.state_dict().items()}
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        arrays["optim/m"] = backend.to_numpy(state.pop("m"))
+        arrays["optim/v"] = backend.to_numpy(state.pop("v"))
+        meta["optimizer"] = state
+    arrays["meta.json"] = numpy.frombuffer(json.dumps(meta).encode("utf-8"), dtype=numpy.uint8)
+    atomic_write(path, lambda f: numpy.savez(f, **arrays))
+
+
+def atomic_write(path, write):
+    """Call write(file) on a temporary file beside `path`, fsync it, then rename it to `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)                  # atomic on POSIX and Windows
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:                                       # make the rename itself durable
+        dfd = os.open(folder, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+    except OSError:
+        pass
+
+
+def read(path):
+    """(meta, {name: array}) from a checkpoint file, or CheckpointError."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with numpy.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {e}") from None
+    if "meta.json" not in arrays:
+        raise CheckpointError(f"{path} is not a scratchgpt checkpoint (it has no meta.json entry)")
+    try:
+        meta = json.loads(arrays.pop("meta.json").tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} has an unreadable meta.json: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta, arrays
+
+
+def load(path, dtype=None, config=None):
+    """Rebuild the model (and tokenizer, optimizer and training state) from a checkpoint.
+
+    `config`, when given, must equal the checkpoint's (a resumed run may not change the model).
+    """
+    meta, arrays = read(path)
+    try:
+        cfg = GPTConfig.from_dict(meta["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} has an invalid model config: {e}") from None
+    if config is not None and config != cfg:
+        diff = {k: (v, getattr(config, k)) for k, v in cfg.to_dict().items() if getattr(config, k) != v}
+        raise CheckpointError(f"{path} was trained with a different model config "
+                              f"(checkpoint vs asked: {diff})")
+    model = GPTModel(cfg, dtype=dtype or meta.get("dtype", "float32"))
+    params = {k[len("param/"):]: v.astype(model.dtype, copy=False)
+              for k, v in arrays.items() if k.startswith("param/")}
+    try:
+        model.load_state_dict(params)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    tokenizer = None
+    if meta.get("tokenizer") is not None:
+        from scratchgpt.tokenizer import tokenizer_from_dict
+        try:
+            tokenizer = tokenizer_from_dict(meta["tokenizer"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{path} has an unreadable tokenizer: {e}") from None
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise CheckpointError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the "
+                                  f"model only {cfg.vocab_size}")
+    optimizer_state = None
+    if "optim/m" in arrays and "optimizer" in meta:
+        optimizer_state = dict(meta["optimizer"], m=arrays["optim/m"], v=arrays["optim/v"])
+    return Checkpoint(model, tokenizer, optimizer_state, meta.get("train_state"), meta)

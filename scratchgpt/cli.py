@@ -1,0 +1,157 @@
+"""The `scratchgpt` command (also `python -m scratchgpt`).
+
+    scratchgpt train                         train the default character-level model on Shakespeare
+    scratchgpt sample --out-dir DIR          generate text from a run's latest checkpoint
+    scratchgpt eval --out-dir DIR            loss and perplexity of a run's model on a corpus
+
+Errors a user can fix (a missing corpus package, an unknown character, a checkpoint that
+does not match) print one line on stderr and exit with status 2, without a traceback.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+from scratchgpt import backend
+
+USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, FloatingPointError)
+
+
+def _train_parser(sub):
+    from scratchgpt.train import TrainConfig
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a GPT (defaults: a small character-level model on Shakespeare)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", default=d.dataset, help="shakespeare (default), wikipedia or math")
+    src.add_argument("--text-file", help="train on any UTF-8 text file instead")
+    p.add_argument("--tokenizer", default=d.tokenizer, help="char (default), gpt2 or bpe:N")
+    for name in ("n_layers", "n_heads", "emb_dim", "context_length", "batch_size", "max_iters",
+                 "warmup_iters", "grad_accum", "eval_interval", "eval_iters", "seed", "sample_tokens"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("drop_rate", "lr", "min_lr", "weight_decay", "gamma", "grad_clip", "beta1", "beta2"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "multistep", "cosine"])
+    p.add_argument("--milestones", default="", help="comma-separated iterations for multistep, e.g. 50,100,150")
+    p.add_argument("--sample-prompt", default=d.sample_prompt)
+    p.add_argument("--out-dir", default=None, help="run folder (default out/<dataset>-<tokenizer>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its latest checkpoint")
+    p.add_argument("--init-from", help="start from another run's weights (fresh optimizer, new --out-dir)")
+    p.add_argument("--backend", default=backend.name, choices=["numpy", "cupy"])
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def cmd_train(a):
+    from scratchgpt.train import TrainConfig, TrainingInterrupted, train
+    milestones = [int(m) for m in a.milestones.split(",") if m.strip()]
+    source = os.path.splitext(os.path.basename(a.text_file))[0] if a.text_file else a.dataset
+    out_dir = a.out_dir or os.path.join("out", f"{source}-{a.tokenizer.replace(':', '')}")
+    if a.resume and a.init_from:
+        raise ValueError("--resume and --init-from exclude each other: resume continues a run, "
+                         "init-from starts a new one from another run's weights")
+    cfg = TrainConfig(dataset=a.dataset, text_file=a.text_file, tokenizer=a.tokenizer,
+                      n_layers=a.n_layers, n_heads=a.n_heads, emb_dim=a.emb_dim,
+                      context_length=a.context_length, drop_rate=a.drop_rate, batch_size=a.batch_size,
+                      max_iters=a.max_iters, lr=a.lr, min_lr=a.min_lr, weight_decay=a.weight_decay,
+                      beta1=a.beta1, beta2=a.beta2, lr_schedule=a.lr_schedule, warmup_iters=a.warmup_iters,
+                      milestones=milestones, gamma=a.gamma, grad_clip=a.grad_clip, grad_accum=a.grad_accum,
+                      eval_interval=a.eval_interval, eval_iters=a.eval_iters, sample_prompt=a.sample_prompt,
+                      sample_tokens=a.sample_tokens, seed=a.seed, out_dir=out_dir, init_from=a.init_from,
+                      backend=a.backend, dtype=a.dtype)
+    try:
+        res = train(cfg, resume=a.resume, progress=not a.no_progress)
+    except TrainingInterrupted:
+        return 130
+    print(f"done: {res['iter']} iterations, val loss {res['val_loss']:.4f}; run folder {res['out_dir']}")
+    print(f"sample more with: scratchgpt sample --out-dir {res['out_dir']}")
+    return 0
+
+
+def _load_run(out_dir):
+    from scratchgpt.checkpoint import load
+    path = out_dir if out_dir.endswith(".npz") else os.path.join(out_dir, "ckpt_latest.npz")
+    ck = load(path)
+    if ck.tokenizer is None:
+        raise ValueError(f"{path} holds no tokenizer, so text cannot be encoded for it")
+    return ck.model, ck.tokenizer
+
+
+def cmd_sample(a):
+    from scratchgpt.generate import generate_text
+    if a.gpt2_dir:
+        from scratchgpt.gpt2 import load_gpt2
+        from scratchgpt.tokenizer import BPETokenizer
+        model, tok = load_gpt2(a.gpt2_dir), BPETokenizer.gpt2()
+    else:
+        model, tok = _load_run(a.out_dir)
+    prompt = a.prompt if a.prompt is not None else "\n"
+    try:
+        tok.encode(prompt)
+    except ValueError as e:
+        raise ValueError(f"the prompt cannot be encoded: {e}") from None
+    texts = generate_text(model, tok, prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p,
+                          seed=a.seed, num_samples=a.num_samples)
+    for i, t in enumerate(texts):
+        if a.num_samples > 1:
+            print(f"--- sample {i + 1} ---")
+        print(t)
+    return 0
+
+
+def cmd_eval(a):
+    from scratchgpt.data import prepare_corpus
+    from scratchgpt.evaluate import evaluate_loss
+    model, tok = _load_run(a.out_dir)
+    corpus = prepare_corpus(None if a.text_file else a.dataset, text_file=a.text_file, tokenizer=tok)
+    loss = evaluate_loss(model, corpus.val if a.split == "val" else corpus.train, a.batch_size,
+                         max_batches=a.max_batches)
+    print(json.dumps({"loss": loss, "perplexity": math.exp(loss), "split": a.split,
+                      "dataset": a.text_file or a.dataset}))
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="scratchgpt", description="A GPT from scratch: train, sample, evaluate.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    s = sub.add_parser("sample", help="generate text from a trained run or GPT-2 weights")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--out-dir", help="a run folder made by `scratchgpt train`")
+    src.add_argument("--gpt2-dir", help="a Hugging Face GPT-2 folder (config.json + model.safetensors)")
+    s.add_argument("--prompt")
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-samples", type=int, default=1)
+    e = sub.add_parser("eval", help="loss and perplexity of a run's model on a corpus (prints JSON)")
+    e.add_argument("--out-dir", required=True)
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--dataset", default="shakespeare")
+    src.add_argument("--text-file")
+    e.add_argument("--split", default="val", choices=["train", "val"])
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--max-batches", type=int, default=None, help="evaluate only this many batches")
+    return p
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""The training loop: batches -> loss -> backward -> clip -> AdamW, with evaluation,
+logging, samples and checkpoints that never lose work.
+
+Every `eval_interval` iterations (and at the end) it writes into `out_dir`:
+  metrics.jsonl                   one JSON line: iter, train_loss, val_loss, lr, elapsed_s, tokens_per_s, ...
+  samples.txt                     a sample from a fixed prompt and seed, so samples are comparable
+  checkpoints/iter_NNNNNN.npz     the model at that iteration (weights, config, tokenizer)
+  ckpt_latest.npz                 everything needed to resume (adds AdamW moments, RNG and sampler state)
+
+`--resume` continues from ckpt_latest.npz bit-exactly: the batches, dropout masks and
+learning rates are the ones an uninterrupted run would have used. Ctrl-C saves
+ckpt_latest.npz before leaving, so an interrupted run resumes where it stopped.
+"""
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy
+
+from scratchgpt import backend, checkpoint
+from scratchgpt.data import BatchSampler, get_batch, prepare_corpus
+from scratchgpt.generate import generate_text
+from scratchgpt.model import GPTConfig, GPTModel
+from scratchgpt.optim import AdamW, clip_grad_norm
+from scratchgpt.schedules import get_lr
+
+LATEST = "ckpt_latest.npz"
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "shakespeare"
+    text_file: str = None
+    tokenizer: str = "char"                  # char | gpt2 | bpe:N
+    # model (nanoGPT's CPU recipe for character-level Shakespeare)
+    n_layers: int = 4
+    n_heads: int = 4
+    emb_dim: int = 128
+    context_length: int = 64
+    drop_rate: float = 0.0
+    # optimisation
+    batch_size: int = 12
+    max_iters: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    lr_schedule: str = "cosine"              # constant | multistep | cosine
+    warmup_iters: int = 100
+    milestones: list = field(default_factory=list)
+    gamma: float = 0.1
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    # evaluation, samples, bookkeeping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    sample_prompt: str = "\n"
+    sample_tokens: int = 200
+    seed: int = 1337
+    out_dir: str = "out/shakespeare-char"
+    init_from: str = None
+    backend: str = "numpy"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("max_iters", "batch_size", "eval_interval", "eval_iters", "grad_accum"):
+            if getattr(self, name) < (0 if name == "max_iters" else 1):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr_schedule not in ("constant", "multistep", "cosine"):
+            raise ValueError(f"unknown lr schedule {self.lr_schedule!r}: use constant, multistep or cosine")
+
+    def model_config(self, vocab_size):
+        return GPTConfig(vocab_size=vocab_size, context_length=self.context_length, emb_dim=self.emb_dim,
+                         n_heads=self.n_heads, n_layers=self.n_layers, drop_rate=self.drop_rate)
+
+    def lr_at(self, it):
+        return get_lr(self.lr_schedule, it, self.lr, max_iters=self.max_iters, warmup_iters=self.warmup_iters,
+                      min_lr=self.min_lr, milestones=self.milestones, gamma=self.gamma)
+
+
+class TrainingInterrupted(Exception):
+    """Raised after Ctrl-C (or `stop_after`) once the latest checkpoint is safely on disk."""
+
+
+def make_tokenizer(spec, text):
+    """'char' -> built from the text; 'gpt2' -> GPT-2's BPE; 'bpe:N' -> a BPE of N tokens trained on text."""
+    from scratchgpt.tokenizer import BPETokenizer, CharTokenizer
+    if spec == "char":
+        return CharTokenizer.from_text(text)
+    if spec == "gpt2":
+        return BPETokenizer.gpt2()
+    if spec.startswith("bpe:"):
+        try:
+            n = int(spec[4:])
+        except ValueError:
+            raise ValueError(f"--tokenizer {spec!r}: expected bpe:N with N an integer, e.g. bpe:2000") from None
+        return BPETokenizer.train(text, n)
+    raise ValueError(f"unknown tokenizer {spec!r}: use char, gpt2 or bpe:N")
+
+
+def load_corpus(cfg, tokenizer=None):
+    """The prepared (cached, split, encoded) corpus the config names."""
+    if tokenizer is None and cfg.tokenizer != "char":
+        from scratchgpt.corpora import load_text
+        text = (open(cfg.text_file, encoding="utf-8").read() if cfg.text_file
+                else load_text(cfg.dataset))
+        tokenizer = make_tokenizer(cfg.tokenizer, text[: int(0.9 * len(text))])
+    return prepare_corpus(None if cfg.text_file else cfg.dataset, text_file=cfg.text_file, tokenizer=tokenizer)
+
+
+def estimate_loss(model, corpus, cfg, it):
+    """Mean loss over eval_iters batches of each split, drawn from a generator seeded by
+    (seed, it): every evaluation is reproducible and leaves the training batches untouched."""
+    model.eval()
+    out = {}
+    for k, split in enumerate(("train", "val")):
+        data = getattr(corpus, split)
+        rng = numpy.random.default_rng([cfg.seed, it, k])
+        losses = [model.loss(*get_batch(data, cfg.batch_size, cfg.context_length, rng))
+                  for _ in range(cfg.eval_iters)]
+        out[split] = float(numpy.mean(losses))
+    model.train()
+    return out
+
+
+def _truncate_logs(out_dir, start_iter):
+    """On resume, forget log lines from iterations at or after the resume point: they are redone."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            lines = [l for l in f if l.strip() and json.loads(l)["iter"] < start_iter]
+        with open(path, "w") as f:
+            f.writelines(lines)
+    path = os.path.join(out_dir, "samples.txt")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            blocks = f.read().split("=== iter ")
+        keep = [b for b in blocks[1:] if int(b.split(" ", 1)[0]) < start_iter]
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(blocks[0] + "".join("=== iter " + b for b in keep))
+
+
+def _sample_prompt(cfg, tokenizer, corpus):
+    try:
+        tokenizer.encode(cfg.sample_prompt)
+        return cfg.sample_prompt
+    except ValueError:                      # not in this vocabulary: the first val character(s)
+        return tokenizer.decode([int(corpus.val[0])])
+
+
+def train(cfg, resume=False, progress=True, log=print, stop_after=None):
+    """Run (or resume) training as `cfg` says; returns a summary dict.
+
+    stop_after: stop as an interruption would after that many iterations (tests use it).
+    """
+    backend.use(cfg.backend)
+    os.makedirs(os.path.join(cfg.out_dir, "checkpoints"), exist_ok=True)
+    latest = os.path.join(cfg.out_dir, LATEST)
+    start_iter = 0
+    if resume:
+        ck = checkpoint.load(latest)
+        state = ck.train_state
+        saved = TrainConfig(**{**state["train_config"], "max_iters": cfg.max_iters,
+                               "out_dir": cfg.out_dir, "backend": cfg.backend})
+        cfg = saved
+        model, tokenizer = ck.model, ck.tokenizer
+        corpus = load_corpus(cfg, tokenizer)
+        opt = _make_optimizer(model, cfg)
+        opt.load_state_dict(ck.optimizer_state)
+        model.rng.bit_generator.state = state["dropout_rng"]
+        sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.context_length, cfg.seed)
+        sampler.load_state_dict(state["sampler"])
+        start_iter = state["iter"]
+        elapsed0 = state["elapsed_s"]
+        _truncate_logs(cfg.out_dir, start_iter)
+        log(f"resuming {cfg.out_dir} at iteration {start_iter}")
+    else:
+        if os.path.exists(latest) and cfg.init_from is None:
+            log(f"note: {cfg.out_dir} already holds a run; starting over (use --resume to continue it)")
+        for name in ("metrics.jsonl", "samples.txt"):
+            if os.path.exists(os.path.join(cfg.out_dir, name)):
+                os.remove(os.path.join(cfg.out_dir, name))
+        if cfg.init_from:
+            src = checkpoint.load(os.path.join(cfg.init_from, LATEST), dtype=cfg.dtype)
+            model, tokenizer = src.model, src.tokenizer
+            # the architecture comes from the source run
+            cfg = dataclasses.replace(cfg, **{k: getattr(model.cfg, k) for k in
+                                              ("n_layers", "n_heads", "emb_dim", "context_length")})
+            model.cfg.drop_rate = cfg.drop_rate
+            model.rng = backend.rng(cfg.seed + 1)
+            corpus = load_corpus(cfg, tokenizer)
+            log(f"initialised from {cfg.init_from} (iteration {src.train_state['iter'] if src.train_state else '?'})")
+        else:
+            corpus = load_corpus(cfg)
+            tokenizer = corpus.tokenizer
+            model = GPTModel(cfg.model_config(tokenizer.vocab_size), seed=cfg.seed, dtype=cfg.dtype)
+        opt = _make_optimizer(model, cfg)
+        sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.context_length, cfg.seed)
+        elapsed0 = 0.0
+    log(f"model: {model.num_parameters():,} parameters; data: {len(corpus.train):,} train / "
+        f"{len(corpus.val):,} val tokens, vocabulary {tokenizer.vocab_size}")
+    prompt = _sample_prompt(cfg, tokenizer, corpus)
+
+    def train_state(it, elapsed):
+        return {"iter": it, "elapsed_s": elapsed, "sampler": sampler.state_dict(),
+                "dropout_rng": model.rng.bit_generator.state, "train_config": dataclasses.asdict(cfg)}
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.max_iters, initial=start_iter, unit="it", dynamic_ncols=True, disable=None)
+    t0 = time.perf_counter() - elapsed0
+    tokens_per_iter = cfg.batch_size * cfg.context_length * cfg.grad_accum
+    tok_rate, last = 0.0, None
+    it = start_iter
+    stop = _StopFlag()
+    try:
+        while True:
+            lr = cfg.lr_at(it)
+            if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+                losses = estimate_loss(model, corpus, cfg, it)
+                text = generate_text(model, tokenizer, prompt, cfg.sample_tokens, temperature=0.8,
+                                     top_k=None, seed=cfg.seed)[0]
+                elapsed = time.perf_counter() - t0
+                row = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
+                       "elapsed_s": round(elapsed, 3), "tokens_per_s": round(tok_rate, 1),
+                       "tokens_seen": it * tokens_per_iter, "grad_norm": last}
+                with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                with open(os.path.join(cfg.out_dir, "samples.txt"), "a", encoding="utf-8") as f:
+                    f.write(f"=== iter {it} (val loss {losses['val']:.4f}) ===\n{text}\n\n")
+                checkpoint.save(os.path.join(cfg.out_dir, "checkpoints", f"iter_{it:06d}.npz"), model,
+                                tokenizer, train_state={"iter": it, "val_loss": losses["val"]})
+                checkpoint.save(latest, model, tokenizer, opt, train_state(it, elapsed))
+                msg = f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, lr {lr:.2e}"
+                (bar.write if bar is not None and not bar.disable else log)(msg + "\n" + text.strip()[:300] + "\n")
+            if it >= cfg.max_iters:
+                break
+            if stop.requested or (stop_after is not None and it >= stop_after):
+                raise _CleanStop
+            ts = time.perf_counter()
+            loss = _step(model, opt, sampler, cfg, lr)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"the training loss became {loss} at iteration {it} (lr {lr:.2e}); nothing was saved "
+                    f"over {latest}. Try a lower --lr or --grad-clip.")
+            last = round(opt.last_grad_norm, 4)
+            tok_rate = tokens_per_iter / (time.perf_counter() - ts)
+            it += 1
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_rate:,.0f}", refresh=False)
+                bar.update(1)
+    except _CleanStop:
+        checkpoint.save(latest, model, tokenizer, opt, train_state(it, time.perf_counter() - t0))
+        if bar is not None:
+            bar.close()
+        log(f"interrupted at iteration {it}; saved {latest}. Continue with: scratchgpt train --out-dir "
+            f"{cfg.out_dir} --resume")
+        raise TrainingInterrupted(it) from None
+    finally:
+        stop.restore()
+    if bar is not None:
+        bar.close()
+    return {"iter": it, "out_dir": cfg.out_dir, "train_loss": losses["train"], "val_loss": losses["val"],
+            "model": model, "tokenizer": tokenizer}
+
+
+class _CleanStop(Exception):
+    pass
+
+
+class _StopFlag:
+    """The first Ctrl-C asks the loop to stop after the current step (so the parameters are
+    never saved half-updated); a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt          # leaves ckpt_latest.npz as it was
+        self.requested = True
+        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)")
+
+    def restore(self):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _make_optimizer(model, cfg):
+    return AdamW(model, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+
+
+def _step(model, opt, sampler, cfg, lr):
+    """One optimisation step: grad_accum micro-batches, averaged; clip; AdamW. Returns the mean loss."""
+    model.zero_grad()
+    total = 0.0
+    for _ in range(cfg.grad_accum):
+        x, y = sampler.next()
+        total += model.loss(x, y)
+        model.backward()
+    if cfg.grad_accum > 1:
+        model.flat_grads *= 1.0 / cfg.grad_accum
+    opt.last_grad_norm = clip_grad_norm(model, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    opt.lr = lr
+    opt.step()
+    return total / cfg.grad_accum

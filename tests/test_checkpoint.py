@@ -1,0 +1,93 @@
+"""Checkpoints: round trip, atomic writes, clear errors for bad files."""
+import os
+
+import numpy as np
+import pytest
+
+import scratchgpt as sg
+from scratchgpt import checkpoint
+from scratchgpt.checkpoint import CheckpointError
+from scratchgpt.tokenizer import CharTokenizer
+
+
+def make(tmp_path):
+    tok = CharTokenizer.from_text("hello world")
+    cfg = sg.GPTConfig(vocab_size=tok.vocab_size, context_length=8, emb_dim=8, n_heads=2, n_layers=1)
+    model = sg.GPTModel(cfg, seed=0)
+    opt = sg.AdamW(model)
+    return model, tok, opt
+
+
+def test_round_trip_keeps_weights_tokenizer_optimizer_and_state(tmp_path):
+    model, tok, opt = make(tmp_path)
+    idx = np.array([[1, 2, 3]])
+    model.loss(idx, idx)
+    model.backward()
+    opt.step()
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, model, tok, opt, train_state={"iter": 5})
+    ck = checkpoint.load(path)
+    np.testing.assert_array_equal(ck.model(idx), model(idx))
+    assert ck.tokenizer.decode(ck.tokenizer.encode("hello")) == "hello"
+    np.testing.assert_array_equal(ck.optimizer_state["m"], opt.m)
+    assert ck.optimizer_state["t"] == 1 and ck.train_state == {"iter": 5}
+
+
+def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    model, tok, opt = make(tmp_path)
+    path = tmp_path / "latest.npz"
+    checkpoint.save(path, model, tok, opt)
+    before = path.read_bytes()
+    model.flat_params += 1.0
+
+    def dying_savez(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")                       # some bytes reach the temp file
+        raise KeyboardInterrupt                                 # then the process is "killed"
+    monkeypatch.setattr(np, "savez", dying_savez)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(path, model, tok, opt)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["latest.npz"]               # no temp file left behind
+    monkeypatch.undo()
+    checkpoint.load(path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign", "missing"])
+def test_bad_files_give_one_clear_error(tmp_path, damage):
+    model, tok, opt = make(tmp_path)
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, model, tok, opt)
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif damage == "foreign":
+        np.savez(path, weights=np.zeros(3))
+    else:
+        path.unlink()
+    with pytest.raises(CheckpointError, match="c.npz"):
+        checkpoint.load(path)
+
+
+def test_mismatched_config_or_shapes_are_refused(tmp_path):
+    model, tok, opt = make(tmp_path)
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, model, tok, opt)
+    other = sg.GPTConfig(**{**model.cfg.to_dict(), "n_layers": 2})
+    with pytest.raises(CheckpointError, match="different model config.*n_layers"):
+        checkpoint.load(path, config=other)
+    meta, arrays = checkpoint.read(path)
+    arrays["param/transformer.wpe.weight"] = np.zeros((3, 8), np.float32)
+    import json
+    arrays["meta.json"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match=r"transformer.wpe.weight' has shape \(3, 8\)"):
+        checkpoint.load(path)
+
+
+def test_no_pickle_on_the_load_path(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, **{"meta.json": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(CheckpointError):
+        checkpoint.load(path)

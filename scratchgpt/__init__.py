@@ -8,5 +8,6 @@ from scratchgpt import backend
 from scratchgpt.model import (GELU, FeedForward, GPTConfig, GPTModel, LayerNorm,
                               MultiHeadAttention, TransformerBlock)
 from scratchgpt.optim import SGD, AdamW, clip_grad_norm
+from scratchgpt.tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_dict
 
 __version__ = "0.1.0"

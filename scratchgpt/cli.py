@@ -40,6 +40,7 @@ def _train_parser(sub):
     p.add_argument("--backend", default=backend.name, choices=["numpy", "cupy"])
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
     return p
 
 
@@ -127,6 +128,7 @@ def build_parser():
     s.add_argument("--top-p", type=float)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num-samples", type=int, default=1)
+    s.set_defaults(func=cmd_sample)
     e = sub.add_parser("eval", help="loss and perplexity of a run's model on a corpus (prints JSON)")
     e.add_argument("--out-dir", required=True)
     src = e.add_mutually_exclusive_group()
@@ -135,16 +137,21 @@ def build_parser():
     e.add_argument("--split", default="val", choices=["train", "val"])
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--max-batches", type=int, default=None, help="evaluate only this many batches")
+    e.set_defaults(func=cmd_eval)
+    for register in _more_commands():
+        register(sub)
     return p
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}
+def _more_commands():
+    """Commands that live beside their code: each module has register_cli(subparsers)."""
+    return []
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return args.func(args)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -358,7 +358,7 @@ class GPTModel:
                              f"and is not ignore_index ({ignore_index})")
         logits = self.forward(idx)
         loss, self._loss_cache = cross_entropy_forward(logits, backend.xp.asarray(t), ignore_index)
-        return loss
+        return float(loss)                  # the one device-to-host transfer of a training step
 
     def backward(self, dlogits=None):
         """Add the gradients into model.grads(): of the last `loss()` when dlogits is None,

@@ -86,11 +86,11 @@ class SGD:
 def clip_grad_norm(model, max_norm):
     """Scale all gradients so their global L2 norm is at most max_norm (torch's clip_grad_norm_).
 
-    Returns the norm before clipping, as a float.
+    Returns the norm before clipping as a 0-d array (call float() on it to log it; on a GPU
+    the norm and the scaling stay on the device, with no synchronisation).
     """
     g = model.flat_grads
-    total = float(math.sqrt(float((g * g).sum()))) if g.size else 0.0
-    coef = max_norm / (total + 1e-6)
-    if coef < 1.0:
-        g *= coef
+    xp = array_module(g)
+    total = xp.sqrt(xp.dot(g, g))                        # one pass, no g * g temporary
+    g *= xp.minimum(max_norm / (total + 1e-6), 1.0)      # coef = min(max_norm / norm, 1)
     return total

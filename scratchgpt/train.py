@@ -218,7 +218,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None):
         bar = tqdm(total=cfg.max_iters, initial=start_iter, unit="it", dynamic_ncols=True, disable=None)
     t0 = time.perf_counter() - elapsed0
     tokens_per_iter = cfg.batch_size * cfg.context_length * cfg.grad_accum
-    tok_rate, last = 0.0, None
+    tok_rate, last_norm = 0.0, None
     it = start_iter
     stop = _StopFlag()
     try:
@@ -231,7 +231,8 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None):
                 elapsed = time.perf_counter() - t0
                 row = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
                        "elapsed_s": round(elapsed, 3), "tokens_per_s": round(tok_rate, 1),
-                       "tokens_seen": it * tokens_per_iter, "grad_norm": last}
+                       "tokens_seen": it * tokens_per_iter,
+                       "grad_norm": None if last_norm is None else round(float(last_norm), 6)}
                 with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
                     f.write(json.dumps(row) + "\n")
                 with open(os.path.join(cfg.out_dir, "samples.txt"), "a", encoding="utf-8") as f:
@@ -251,7 +252,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None):
                 raise FloatingPointError(
                     f"the training loss became {loss} at iteration {it} (lr {lr:.2e}); nothing was saved "
                     f"over {latest}. Try a lower --lr or --grad-clip.")
-            last = round(opt.last_grad_norm, 4)
+            last_norm = opt.last_grad_norm
             tok_rate = tokens_per_iter / (time.perf_counter() - ts)
             it += 1
             if bar is not None:

@@ -4,7 +4,7 @@ from scratchgpt.backend import array_module
 
 
 def cross_entropy_forward(logits, targets, ignore_index=-100):
-    """loss = mean over kept rows n of -log softmax(logits[n])[targets[n]]
+    """loss = mean over kept rows n of -log softmax(logits[n])[targets[n]]   (a 0-d array)
 
     (..., V) logits, (...) targets. Rows whose target is ignore_index count neither in the
     sum nor in the number we divide by; if every row is ignored the loss is 0.
@@ -18,16 +18,16 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
         return loss, (dlogits, logits.shape)
     xp = array_module(logits)
     keep = targets != ignore_index
-    n = max(int(keep.sum()), 1)
+    n = xp.maximum(keep.sum(), 1)                           # stays on the device (no sync on CuPy)
     safe = xp.where(keep, targets, 0)                       # any valid index for ignored rows
     shifted = logits2 - logits2.max(axis=-1, keepdims=True)
     lse = xp.log(xp.exp(shifted).sum(axis=-1))              # log-sum-exp, (N,)
     logp = shifted[xp.arange(len(safe)), safe] - lse        # log p(target), (N,)
-    loss = -(logp * keep).sum() / n
+    loss = -(logp * keep).sum() / n                         # a 0-d array
     probs = xp.exp(shifted - lse[:, None])                  # softmax, kept for the backward
     probs[xp.arange(len(safe)), safe] -= 1.0                # softmax - onehot
     probs *= (keep / n).astype(probs.dtype)[:, None]        # the mean's 1/n; ignored rows -> 0
-    return float(loss), (probs, logits.shape)
+    return loss, (probs, logits.shape)
 
 
 def cross_entropy_backward(dloss, cache):

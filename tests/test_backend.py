@@ -1,0 +1,69 @@
+"""The backend switch."""
+import importlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scratchgpt import backend
+
+
+def test_numpy_is_the_default_and_float32_the_default_dtype():
+    import scratchgpt as sg
+    assert backend.xp is np and backend.name == "numpy"
+    m = sg.GPTModel(sg.GPTConfig(vocab_size=5, context_length=4, emb_dim=4, n_heads=1, n_layers=1))
+    assert m.flat_params.dtype == np.float32
+    assert sg.GPTModel(m.cfg, dtype="float64").flat_params.dtype == np.float64
+    with pytest.raises(ValueError, match="unsupported dtype 'float16'"):
+        sg.GPTModel(m.cfg, dtype="float16")
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown backend 'jax'"):
+        backend.use("jax")
+
+
+def test_cupy_without_cupy_or_gpu_gives_a_clear_error():
+    try:
+        import cupy
+        if cupy.cuda.is_available():
+            pytest.skip("a GPU is present: tests/test_gpu.py covers the CuPy backend")
+        with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+            backend.use("cupy")
+    except ImportError:
+        with pytest.raises(RuntimeError, match=r"needs CuPy: pip install 'scratchgpt\[gpu\]'"):
+            backend.use("cupy")
+    assert backend.xp is np                       # a failed switch leaves NumPy in place
+
+
+def test_env_variable_selects_the_backend_at_import():
+    code = "import scratchgpt; print(scratchgpt.backend.name)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**__import__("os").environ, "SCRATCHGPT_BACKEND": "numpy"})
+    assert p.stdout.strip() == "numpy"
+
+
+def test_to_numpy_and_array_module():
+    a = np.arange(3)
+    assert backend.to_numpy(a) is a
+    assert backend.array_module(a) is np
+    assert backend.array_module(1.0) is np
+
+
+def test_rng_is_seeded():
+    assert backend.rng(3).random() == backend.rng(3).random()
+
+
+def test_kernel_switch_is_read_from_the_environment():
+    code = "from scratchgpt import backend; import numpy; print(backend.fused(numpy.zeros(1)) is None)"
+    env = {**__import__("os").environ}
+    env["SCRATCHGPT_KERNELS"] = "numpy"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert p.stdout.strip() == "True"
+    env["SCRATCHGPT_KERNELS"] = "numba"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert p.stdout.strip() == "False"
+    env["SCRATCHGPT_KERNELS"] = "fortran"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "SCRATCHGPT_KERNELS='fortran'" in p.stderr

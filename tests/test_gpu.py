@@ -1,0 +1,125 @@
+"""The CuPy backend on a real GPU: ops and the whole model against torch, training, sampling,
+checkpoints across devices. Skips (with the reason) where CuPy or a GPU is missing."""
+import numpy as np
+import pytest
+
+cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'scratchgpt[gpu]')")
+if not cupy.cuda.is_available():
+    pytest.skip("no CUDA GPU is visible to CuPy", allow_module_level=True)
+
+import torch
+import torch.nn.functional as F
+
+import scratchgpt as sg
+from conftest import assert_close
+from scratchgpt import backend, checkpoint, ops
+from scratchgpt.generate import generate
+from torch_gpt import torch_gpt_logits, torch_params
+
+TINY = dict(vocab_size=11, context_length=8, emb_dim=12, n_heads=3, n_layers=2)
+
+
+@pytest.fixture(autouse=True)
+def on_gpu():
+    backend.use("cupy")
+    yield
+    backend.use("numpy")
+
+
+def host(a):
+    return backend.to_numpy(a)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ops_on_the_gpu_match_torch(dtype):
+    r = np.random.default_rng(0)
+    x = r.standard_normal((2, 5, 12)).astype(dtype)
+    w, b = r.standard_normal(12).astype(dtype), r.standard_normal(12).astype(dtype)
+    out, cache = ops.layernorm_forward(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b))
+    dout = r.standard_normal(x.shape).astype(dtype)
+    dx, dw, db = ops.layernorm_backward(cupy.asarray(dout), cache)
+    xt, wt, bt = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, w, b))
+    ref = F.layer_norm(xt, (12,), wt, bt, eps=1e-5)
+    ref.backward(torch.tensor(dout.astype(np.float64)))
+    assert isinstance(out, cupy.ndarray) and isinstance(dx, cupy.ndarray)
+    for ours, theirs in ((out, ref), (dx, xt.grad), (dw, wt.grad), (db, bt.grad)):
+        assert_close(ours, theirs, dtype)
+    s = cupy.asarray(r.standard_normal((2, 3, 6, 6)).astype(dtype))
+    y, c = ops.causal_softmax_forward(s)
+    assert float(y.sum(-1).min()) == pytest.approx(1.0, rel=1e-5)
+    assert not bool(y[..., np.triu_indices(6, 1)[0], np.triu_indices(6, 1)[1]].any())
+    g, _ = ops.gelu_forward(cupy.asarray(x))
+    assert_close(g, F.gelu(torch.tensor(x.astype(np.float64)), approximate="tanh"), dtype)
+    logits = r.standard_normal((4, 11)).astype(dtype)
+    tg = np.array([1, -100, 3, 10])
+    loss, cc = ops.cross_entropy_forward(cupy.asarray(logits), cupy.asarray(tg))
+    lt = torch.tensor(logits.astype(np.float64), requires_grad=True)
+    F.cross_entropy(lt, torch.tensor(tg)).backward()
+    assert_close(ops.cross_entropy_backward(1.0, cc), lt.grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("variant", [dict(), dict(qkv_bias=True, tie_weights=False), dict(post_norm=True)])
+def test_whole_model_gradients_on_the_gpu_match_torch(dtype, variant):
+    cfg = sg.GPTConfig(**TINY, **variant)
+    model = sg.GPTModel(cfg, seed=0, dtype=dtype)
+    assert isinstance(model.flat_params, cupy.ndarray)
+    r = np.random.default_rng(0)
+    idx, tgt = r.integers(0, 11, (2, 8)), r.integers(0, 11, (2, 8))
+    tgt[0, ::2] = -100
+    loss = model.loss(idx, tgt)
+    model.zero_grad()
+    model.backward()
+    P = torch_params({k: host(v).astype(np.float64) for k, v in model.state_dict().items()})
+    ref = torch_gpt_logits(P, torch.tensor(idx), cfg)
+    ref_loss = F.cross_entropy(ref.reshape(-1, 11), torch.tensor(tgt).reshape(-1))
+    ref_loss.backward()
+    assert_close(np.array(loss), ref_loss, dtype, "loss")
+    for name, g in model.grads().items():
+        assert_close(g, P[name].grad, dtype, name)
+
+
+def test_a_training_step_stays_on_the_device_and_matches_the_cpu():
+    """CuPy refuses implicit device->host conversion (numpy.asarray of a device array raises),
+    so a step that completes made no hidden transfer through NumPy."""
+    cfg = sg.GPTConfig(**TINY)
+    r = np.random.default_rng(1)
+    batches = [(r.integers(0, 11, (4, 8)), r.integers(0, 11, (4, 8))) for _ in range(5)]
+    losses = {}
+    for name in ("numpy", "cupy"):
+        backend.use(name)
+        model = sg.GPTModel(cfg, seed=0)
+        opt = sg.AdamW(model, lr=1e-2)
+        losses[name] = []
+        for x, y in batches:
+            losses[name].append(model.loss(x, y))
+            model.zero_grad()
+            model.backward()
+            sg.clip_grad_norm(model, 1.0)
+            opt.step()
+    np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=1e-4)
+
+
+def test_kv_cache_sampling_on_the_gpu():
+    model = sg.GPTModel(sg.GPTConfig(**TINY), seed=0).eval()
+    out = generate(model, np.array([[1, 2, 3]]), 12, temperature=1.0, top_k=4, rng=backend.rng(0))
+    again = generate(model, np.array([[1, 2, 3]]), 12, temperature=1.0, top_k=4, rng=backend.rng(0),
+                     use_cache=False)
+    assert isinstance(out, cupy.ndarray) and out.shape == (1, 15)
+    np.testing.assert_array_equal(host(out), host(again))
+
+
+def test_checkpoints_move_between_devices(tmp_path):
+    model = sg.GPTModel(sg.GPTConfig(**TINY), seed=0)
+    path = tmp_path / "gpu.npz"
+    checkpoint.save(path, model, optimizer=sg.AdamW(model))
+    idx = np.array([[1, 2, 3]])
+    gpu_logits = host(model(idx))
+    backend.use("numpy")
+    ck = checkpoint.load(path)                          # a GPU run, sampled on the CPU
+    assert isinstance(ck.model.flat_params, np.ndarray)
+    np.testing.assert_allclose(ck.model(idx), gpu_logits, rtol=1e-4, atol=1e-5)
+    checkpoint.save(tmp_path / "cpu.npz", ck.model)
+    backend.use("cupy")
+    back = checkpoint.load(tmp_path / "cpu.npz")        # and back onto the GPU
+    assert isinstance(back.model.flat_params, cupy.ndarray)

@@ -5,6 +5,7 @@
                                      n_heads=4, n_layers=4))
 """
 from scratchgpt import backend
+from scratchgpt.gpt2 import load_gpt2, save_gpt2
 from scratchgpt.model import (GELU, FeedForward, GPTConfig, GPTModel, LayerNorm,
                               MultiHeadAttention, TransformerBlock)
 from scratchgpt.optim import SGD, AdamW, clip_grad_norm

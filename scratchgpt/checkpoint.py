@@ -109,7 +109,7 @@ def load(path, dtype=None, config=None):
         diff = {k: (v, getattr(config, k)) for k, v in cfg.to_dict().items() if getattr(config, k) != v}
         raise CheckpointError(f"{path} was trained with a different model config "
                               f"(checkpoint vs asked: {diff})")
-    model = GPTModel(cfg, dtype=dtype or meta.get("dtype", "float32"))
+    model = GPTModel(cfg, dtype=dtype or meta.get("dtype", "float32"), init=False)
     params = {k[len("param/"):]: v.astype(model.dtype, copy=False)
               for k, v in arrays.items() if k.startswith("param/")}
     try:

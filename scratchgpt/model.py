@@ -214,7 +214,7 @@ class GPTModel:
         model.backward()                       # adds d loss / d params into model.grads()
     """
 
-    def __init__(self, cfg, seed=0, dtype="float32"):
+    def __init__(self, cfg, seed=0, dtype="float32", init=True):
         if isinstance(cfg, dict):
             cfg = GPTConfig.from_dict(cfg)
         self.cfg = cfg
@@ -237,7 +237,8 @@ class GPTModel:
             offsets[k], at = at, at + sizes[k]
         self.params = {k: self.flat_params[offsets[k]:offsets[k] + sizes[k]].reshape(shapes[k]) for k in shapes}
         self.grad = {k: self.flat_grads[offsets[k]:offsets[k] + sizes[k]].reshape(shapes[k]) for k in shapes}
-        self._init_weights(seed)
+        if init:                  # init=False: all zeros, for a loader that overwrites every weight
+            self._init_weights(seed)
 
         self.blocks = [TransformerBlock(self, i) for i in range(cfg.n_layers)]
         self.ln_f = LayerNorm(self, "transformer.ln_f.")

@@ -45,8 +45,13 @@ def source_of(name):
         from scratchgpt.corpora.wikipedia import source
         return source()
     if name == "math":
-        from scratchgpt.corpora.math_corpus import DEFAULT_N_CHARS, MATH_VERSION
-        return f"scratchgpt math generator v{MATH_VERSION}, seed 0, {DEFAULT_N_CHARS} characters"
+        import hashlib
+        from scratchgpt.corpora import math_corpus
+        # the generator's own source is part of the key: any edit to it rebuilds the cache
+        with open(math_corpus.__file__, "rb") as f:
+            code = hashlib.sha256(f.read()).hexdigest()[:16]
+        return (f"scratchgpt math generator v{math_corpus.MATH_VERSION} (source {code}), seed 0, "
+                f"{math_corpus.DEFAULT_N_CHARS} characters")
     raise ValueError(f"unknown dataset {name!r}; the datasets are {', '.join(DATASETS)}")
 
 

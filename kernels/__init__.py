@@ -9,10 +9,27 @@ float64, the dtype is kept): a small Python wrapper checks shapes and dtypes, th
     gelu_forward(x) -> y                                 gelu_backward(dout, x) -> dx
     cross_entropy_forward_backward(logits, targets, ignore_index) -> loss, dlogits
 
+The softmax, GELU and cross-entropy functions also take `out=`, an array to write their result
+into: reusing one buffer across training steps saves faulting in fresh memory on every call,
+which costs as much as the softmax itself at (96, 256, 256).
+
 numba compiles each core on its first call for a given dtype (a few seconds) and caches the
 machine code on disk: in `__pycache__/` next to these sources, or under NUMBA_CACHE_DIR when that
 environment variable is set (numba falls back to a per-user cache directory when the source
-folder is read-only). Later processes load the cached code in milliseconds.
+folder is read-only). Later processes load the cached code in well under a second.
+numba checks only the timestamp of the file that defines each kernel: after editing the shared
+helpers (_common.py, _vmath.py), delete the cached *.nbi/*.nbc files so the kernels recompile.
+
+Speed: softmax, cross-entropy and GELU need exp; numba's own np.exp is a scalar library call per
+element, so _vmath.py supplies an exp (and an fmax) that LLVM vectorizes. The loops are
+compiled with fastmath="reassoc" only, so row sums become SIMD reductions; NaN and inf keep
+their meaning. benchmarks/kernels.py compares each op with plain NumPy.
+
+Threads: prange loops run on numba's pool of NUMBA_NUM_THREADS threads (default: one per core).
+When other busy processes, or OpenBLAS threads still spinning after a matmul, compete for the
+cores, numba's default OpenMP layer was seen to stall a kernel for whole scheduler time slices
+(8-24 ms for a 0.1-3 ms kernel); NUMBA_THREADING_LAYER=workqueue or OMP_WAIT_POLICY=passive
+avoided that.
 """
 
 from .cross_entropy import cross_entropy_forward_backward

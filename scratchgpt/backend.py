@@ -91,6 +91,9 @@ def _load_kernels():
         raise ValueError(f"SCRATCHGPT_KERNELS={choice!r}: use 'numba' or 'numpy'")
     if choice == "numpy":
         return None
+    # numba's default OpenMP pool spins and fights OpenBLAS's threads for the 2 cores between
+    # kernels (measured: 3 ms of kernels took 24 ms); the workqueue layer does not.
+    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
     try:
         from scratchgpt import kernels
     except ImportError:          # numba missing: the reference code is used

@@ -1,0 +1,217 @@
+"""Speed of the numba kernels against careful plain-NumPy versions of the same ops.
+
+Forward + backward of each op at the shapes of the "tiny" and "small" models; median of a few
+repeats after a warm-up call (which also triggers numba's compile, or loads it from the cache).
+Two numba columns: allocating fresh outputs on every call (as the NumPy versions do), and
+writing into buffers reused across calls (`out=`), as a training step can.
+
+    python benchmarks/kernels.py                  # float32, both models
+    python benchmarks/kernels.py --dtype float64 --model tiny --repeats 5
+    NUMBA_NUM_THREADS=1 python benchmarks/kernels.py --stat min      # one core, best of repeats
+
+On a machine shared with other busy processes, numba's default OpenMP threading layer can
+stall a parallel loop for a whole scheduler time slice (times then come out as round
+multiples of 4 ms); NUMBA_THREADING_LAYER=workqueue avoids that (see kernels/__init__.py).
+"""
+
+import argparse
+import math
+import os
+import time
+
+import numba
+import numpy as np
+
+import scratchgpt.kernels as K
+
+# (rows B*T, emb_dim C, attention matrices B*H, context T, vocab V)
+MODELS = {
+    "tiny": dict(rows=2048, C=128, heads_x_batch=128, T=64, V=65),
+    "small": dict(rows=4096, C=384, heads_x_batch=96, T=256, V=65),
+}
+
+
+# ---------------------------------------------------------------- NumPy references (in-place where it helps)
+
+def softmax_numpy(x, mask):
+    y = np.where(mask, -np.inf, x)               # (N, T, T), -inf above the diagonal
+    y -= y.max(axis=-1, keepdims=True)
+    np.exp(y, out=y)
+    y /= y.sum(axis=-1, keepdims=True)
+    return y
+
+
+def softmax_backward_numpy(dy, y):
+    dx = dy * y
+    s = dx.sum(axis=-1, keepdims=True)           # (N, T, 1)
+    np.subtract(dy, s, out=dx)
+    dx *= y
+    return dx
+
+
+def layernorm_numpy(x, w, b, eps=1e-5):
+    mean = x.mean(axis=-1, keepdims=True)        # (N, 1)
+    xhat = x - mean
+    var = np.einsum("nc,nc->n", xhat, xhat)[:, None] / x.shape[1]
+    rstd = 1.0 / np.sqrt(var + eps)
+    xhat *= rstd
+    out = xhat * w
+    out += b
+    return out, mean[:, 0], rstd[:, 0]
+
+
+def layernorm_backward_numpy(dout, x, mean, rstd, w):
+    C = x.shape[1]
+    xhat = x - mean[:, None]
+    xhat *= rstd[:, None]
+    db = dout.sum(axis=0)
+    dw = np.einsum("nc,nc->c", dout, xhat)
+    dxhat = dout * w
+    m1 = dxhat.mean(axis=-1, keepdims=True)
+    m2 = np.einsum("nc,nc->n", dxhat, xhat)[:, None] / C
+    dxhat -= m1
+    xhat *= m2
+    dxhat -= xhat
+    dxhat *= rstd[:, None]
+    return dxhat, dw, db
+
+
+_S = math.sqrt(2.0 / math.pi)
+
+
+def gelu_numpy(x):
+    y = x * x
+    y *= x
+    y *= 0.044715
+    y += x
+    y *= _S
+    np.tanh(y, out=y)
+    y += 1.0
+    y *= x
+    y *= 0.5
+    return y
+
+
+def gelu_backward_numpy(dout, x):
+    x2 = x * x
+    th = x2 * 0.044715
+    th *= x
+    th += x
+    th *= _S
+    np.tanh(th, out=th)                          # tanh(u)
+    du = x2
+    du *= 3 * 0.044715
+    du += 1.0
+    du *= _S                                     # du/dx
+    t2 = th * th
+    np.subtract(1.0, t2, out=t2)
+    t2 *= x
+    t2 *= du
+    th += 1.0
+    th += t2
+    th *= 0.5
+    th *= dout
+    return th
+
+
+def cross_entropy_numpy(logits, targets, ignore_index=-100):
+    N = logits.shape[0]
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=-1, keepdims=True)            # (N, 1)
+    valid = targets != ignore_index
+    n = int(valid.sum())
+    rows = np.arange(N)[valid]
+    loss = float((np.log(s[valid, 0]) - z[rows, targets[valid]]).sum() / n)
+    e /= s
+    e[rows, targets[valid]] -= 1.0
+    e[~valid] = 0.0
+    e /= n
+    return loss, e
+
+
+# ---------------------------------------------------------------- timing
+
+def time_ms(fn, repeats, stat):
+    fn()                                         # warm-up (and numba compile / cache load)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times) if stat == "median" else np.min(times))
+
+
+def cases(model, dtype, rng):
+    m = MODELS[model]
+    rows, C, N, T, V = m["rows"], m["C"], m["heads_x_batch"], m["T"], m["V"]
+
+    x = rng.standard_normal((N, T, T)).astype(dtype)
+    dy = rng.standard_normal((N, T, T)).astype(dtype)
+    mask = np.triu(np.ones((T, T), dtype=bool), k=1)
+    att, datt = np.empty_like(x), np.empty_like(x)
+    yield (f"causal softmax {N}x{T}x{T}",
+           lambda: softmax_backward_numpy(dy, softmax_numpy(x, mask)),
+           lambda: K.causal_softmax_backward(dy, K.causal_softmax_forward(x)),
+           lambda: K.causal_softmax_backward(dy, K.causal_softmax_forward(x, out=att), out=datt))
+
+    h = rng.standard_normal((rows, C)).astype(dtype)
+    dh = rng.standard_normal((rows, C)).astype(dtype)
+    w = (1 + 0.1 * rng.standard_normal(C)).astype(dtype)
+    b = (0.1 * rng.standard_normal(C)).astype(dtype)
+
+    def ln_np():
+        _, mean, rstd = layernorm_numpy(h, w, b)
+        return layernorm_backward_numpy(dh, h, mean, rstd, w)
+
+    def ln_nb():
+        _, mean, rstd = K.layernorm_forward(h, w, b)
+        return K.layernorm_backward(dh, h, mean, rstd, w)
+
+    yield f"layernorm {rows}x{C}", ln_np, ln_nb, None
+
+    g = rng.standard_normal((rows, 4 * C)).astype(dtype)
+    dg = rng.standard_normal((rows, 4 * C)).astype(dtype)
+    act, dact = np.empty_like(g), np.empty_like(g)
+    yield (f"gelu {rows}x{4 * C}",
+           lambda: (gelu_numpy(g), gelu_backward_numpy(dg, g)),
+           lambda: (K.gelu_forward(g), K.gelu_backward(dg, g)),
+           lambda: (K.gelu_forward(g, out=act), K.gelu_backward(dg, g, out=dact)))
+
+    logits = (2 * rng.standard_normal((rows, V))).astype(dtype)
+    targets = rng.integers(0, V, rows)
+    dlogits = np.empty_like(logits)
+    yield (f"cross-entropy {rows}x{V}",
+           lambda: cross_entropy_numpy(logits, targets),
+           lambda: K.cross_entropy_forward_backward(logits, targets),
+           lambda: K.cross_entropy_forward_backward(logits, targets, out=dlogits))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=[*MODELS, "all"], default="all")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--stat", choices=["median", "min"], default="median")
+    args = p.parse_args()
+
+    rng = np.random.default_rng(0)
+    print(f"numba {numba.__version__}, {numba.get_num_threads()} threads, "
+          f"NUMBA_THREADING_LAYER={os.environ.get('NUMBA_THREADING_LAYER', 'default')}, {args.dtype}, "
+          f"forward+backward, {args.stat} of {args.repeats}")
+    print(f"{'model':6} {'op':30} {'numpy ms':>9} {'numba ms':>9} {'ratio':>6}  {'numba out= ms':>13} {'ratio':>6}")
+    for model in MODELS if args.model == "all" else [args.model]:
+        for name, fn_numpy, fn_numba, fn_numba_out in cases(model, np.dtype(args.dtype), rng):
+            t_np = time_ms(fn_numpy, args.repeats, args.stat)
+            t_nb = time_ms(fn_numba, args.repeats, args.stat)
+            row = f"{model:6} {name:30} {t_np:9.2f} {t_nb:9.2f} {t_np / t_nb:5.1f}x"
+            if fn_numba_out is not None:
+                t_out = time_ms(fn_numba_out, args.repeats, args.stat)
+                row += f"  {t_out:13.2f} {t_np / t_out:5.1f}x"
+            print(row)
+    print("ratio = numpy time / numba time")
+    print(f"(threading layer used: {numba.threading_layer()})")
+
+
+if __name__ == "__main__":
+    main()

@@ -107,7 +107,9 @@ def make_tokenizer(spec, text):
 
 def load_corpus(cfg, tokenizer=None):
     """The prepared (cached, split, encoded) corpus the config names."""
-    if tokenizer is None and cfg.tokenizer != "char":
+    if tokenizer is None and cfg.tokenizer == "gpt2":
+        tokenizer = make_tokenizer("gpt2", "")
+    if tokenizer is None and cfg.tokenizer != "char":          # bpe:N, trained on the train split
         from scratchgpt.corpora import load_text
         text = (open(cfg.text_file, encoding="utf-8").read() if cfg.text_file
                 else load_text(cfg.dataset))
@@ -155,9 +157,11 @@ def _sample_prompt(cfg, tokenizer, corpus):
         return tokenizer.decode([int(corpus.val[0])])
 
 
-def train(cfg, resume=False, progress=True, log=print, stop_after=None):
+def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenizer=None):
     """Run (or resume) training as `cfg` says; returns a summary dict.
 
+    tokenizer: use this tokenizer instead of building one from the corpus (e.g. a character
+    vocabulary shared by several corpora, so every model can score every corpus).
     stop_after: stop as an interruption would after that many iterations (tests use it).
     """
     backend.use(cfg.backend)
@@ -198,7 +202,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None):
             corpus = load_corpus(cfg, tokenizer)
             log(f"initialised from {cfg.init_from} (iteration {src.train_state['iter'] if src.train_state else '?'})")
         else:
-            corpus = load_corpus(cfg)
+            corpus = load_corpus(cfg, tokenizer)
             tokenizer = corpus.tokenizer
             model = GPTModel(cfg.model_config(tokenizer.vocab_size), seed=cfg.seed, dtype=cfg.dtype)
         opt = _make_optimizer(model, cfg)

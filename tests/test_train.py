@@ -118,3 +118,14 @@ def test_schedules_match_torch():
         torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=n - warm, eta_min=min_lr)], milestones=[warm]), n)
     ours = [schedules.warmup_cosine(i, 0.1, warm, n, min_lr) for i in range(n)]
     assert np.allclose(cos, ours, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec,vocab", [("bpe:300", 300), ("gpt2", 50257)])
+def test_bpe_tokenizers_train_and_are_saved_in_the_checkpoint(tmp_path, monkeypatch, spec, vocab):
+    monkeypatch.setenv("SCRATCHGPT_CACHE", str(tmp_path / "cache"))
+    cfg = config(tmp_path, tokenizer=spec, max_iters=4, eval_interval=2, emb_dim=16, sample_prompt="To be")
+    train(cfg, progress=False, log=lambda *x: None)
+    ck = checkpoint.load(f"{cfg.out_dir}/ckpt_latest.npz")
+    assert ck.model.cfg.vocab_size == vocab and ck.tokenizer.vocab_size == vocab
+    assert ck.tokenizer.decode(ck.tokenizer.encode("To be, or not")) == "To be, or not"
+    assert metrics(cfg.out_dir)[-1]["val_loss"] < metrics(cfg.out_dir)[0]["val_loss"]

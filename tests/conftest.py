@@ -1,4 +1,8 @@
 """Shared helpers: tolerances, the kernel switch as a fixture, torch as the oracle."""
+import os
+import re
+from collections import defaultdict
+
 import numpy as np
 import pytest
 
@@ -21,8 +25,15 @@ def rel_err(ours, ref):
     return float(np.abs(a - b).max() / scale) if b.size else 0.0
 
 
+WORST = defaultdict(float)      # (test, dtype) -> worst relative error seen, for the summary
+
+
 def assert_close(ours, ref, dtype, what=""):
     err = rel_err(ours, ref)
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+    name = re.sub(r"\[.*", "", test.split("::")[-1])
+    key = (test.split("::")[0].split("/")[-1], name, np.dtype(dtype).name)
+    WORST[key] = max(WORST[key], err)
     assert err <= TOL[np.dtype(dtype).type], f"{what}: relative error {err:.3e} > {TOL[np.dtype(dtype).type]:.0e}"
     return err
 
@@ -35,3 +46,18 @@ def kernels(request):
     backend.use_kernels(request.param == "numba")
     yield request.param
     backend.use_kernels(True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the worst relative error against torch per test and dtype: the numbers the
+    gradient-check suite promises (float64 <= 1e-9, float32 <= 1e-4)."""
+    if not WORST:
+        return
+    tr = terminalreporter
+    tr.section("worst relative error against torch (per test, all shapes)")
+    tests = sorted({k[:2] for k in WORST})
+    tr.write_line(f"{"test":76} {'float64':>10} {'float32':>10}")
+    for f, t in tests:
+        row = [WORST.get((f, t, d)) for d in ("float64", "float32")]
+        cells = [f"{v:10.1e}" if v is not None else f"{'-':>10}" for v in row]
+        tr.write_line(f"{f + "::" + t:76} {cells[0]} {cells[1]}")

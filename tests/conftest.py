@@ -56,8 +56,8 @@ def pytest_terminal_summary(terminalreporter):
     tr = terminalreporter
     tr.section("worst relative error against torch (per test, all shapes)")
     tests = sorted({k[:2] for k in WORST})
-    tr.write_line(f"{"test":76} {'float64':>10} {'float32':>10}")
+    tr.write_line(f"{'test':76} {'float64':>10} {'float32':>10}")
     for f, t in tests:
         row = [WORST.get((f, t, d)) for d in ("float64", "float32")]
         cells = [f"{v:10.1e}" if v is not None else f"{'-':>10}" for v in row]
-        tr.write_line(f"{f + "::" + t:76} {cells[0]} {cells[1]}")
+        tr.write_line(f"{f + '::' + t:76} {cells[0]} {cells[1]}")

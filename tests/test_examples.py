@@ -1,0 +1,198 @@
+"""The chapter examples run (--smoke) and print the facts the book teaches.
+
+Each script runs once per module in a subprocess, as a reader would run it; the tests parse
+its output. SCRATCHGPT_KERNELS is inherited, so the examples are checked with the numba
+kernels and, when the caller sets SCRATCHGPT_KERNELS=numpy, with the reference ops.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+VERDICT = ROOT.parent / "shared" / "data" / "the-verdict.txt"   # beside the project, optional
+
+
+def run_example(script, out, *args):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    # The smoke models are tiny: extra BLAS/OpenMP threads only contend for the cores (on a
+    # shared 2-core machine a spinning thread pool made steps 5-10x slower).
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), "--smoke", "--out", str(out), *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def number(pattern, text):
+    m = re.search(pattern, text)
+    assert m, f"no line matching {pattern!r} in the output"
+    return float(m.group(1).replace(",", ""))
+
+
+def assert_pngs(folder, names):
+    for name in names:
+        path = folder / name
+        assert path.exists() and path.stat().st_size > 1000, f"{path} is missing or empty"
+
+
+@pytest.fixture(scope="module")
+def ch02(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ch02")
+    return run_example("ch02_text_data.py", out), out
+
+
+@pytest.fixture(scope="module")
+def ch03(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ch03")
+    return run_example("ch03_attention.py", out), out
+
+
+@pytest.fixture(scope="module")
+def ch04(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ch04")
+    return run_example("ch04_gpt_model.py", out), out
+
+
+@pytest.fixture(scope="module")
+def ch05(tmp_path_factory):
+    from scratchgpt import GPTConfig, GPTModel
+    from scratchgpt.gpt2 import save_gpt2
+    gpt2_dir = tmp_path_factory.mktemp("tiny-gpt2")     # a random GPT-2-format folder for section 5.5
+    save_gpt2(GPTModel(GPTConfig(vocab_size=50257, context_length=64, emb_dim=16, n_heads=2,
+                                 n_layers=1, qkv_bias=True), seed=0), gpt2_dir)
+    out = tmp_path_factory.mktemp("ch05")
+    return run_example("ch05_pretraining.py", out, "--gpt2-dir", str(gpt2_dir)), out
+
+
+@pytest.fixture(scope="module")
+def appendix_d(tmp_path_factory):
+    out = tmp_path_factory.mktemp("appendix_d")
+    return run_example("appendix_d_training_loop.py", out), out
+
+
+# ---- chapter 2 ------------------------------------------------------------------------------
+def test_ch02_prints_the_books_bpe_ids_and_embedding_shapes(ch02):
+    text, out = ch02
+    assert ("BPE ids: [15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 18250, "
+            "8812, 2114, 286, 617, 34680, 27271, 13]") in text
+    assert "'Akwirw ier' -> [33901, 86, 343, 86, 220, 959]" in text
+    assert "<|unk|>" in text and "KeyError" in text
+    assert "Inputs shape: (8, 4)" in text
+    assert "token embeddings shape: (8, 4, 256)" in text
+    assert "position embeddings shape: (4, 256)" in text
+    assert "input embeddings shape: (8, 4, 256)" in text
+    assert_pngs(out, ["tokenizers.png"])
+
+
+@pytest.mark.skipif(not VERDICT.exists(), reason="the book's the-verdict.txt is not beside the project")
+def test_ch02_on_the_verdict_matches_the_book(tmp_path):
+    text = run_example("ch02_text_data.py", tmp_path, "--text-file", str(VERDICT))
+    assert "Total number of character: 20479" in text
+    assert "4690 word tokens" in text
+    assert "vocabulary size: 1130" in text
+    assert "vocabulary size with <|endoftext|> and <|unk|>: 1132" in text
+    assert "5145 BPE tokens" in text
+    assert "x: [290, 4920, 2241, 287]" in text
+    assert "stride 1, first batch:  (array([[  40,  367, 2885, 1464]]), array([[ 367, 2885, 1464, 1807]]))" in text
+
+
+# ---- chapter 3 ------------------------------------------------------------------------------
+def test_ch03_reproduces_the_books_attention_numbers(ch03):
+    text, out = ch03
+    assert "attention scores (query 'journey'): [0.9544 1.495  1.4754 0.8434 0.707  1.0865]" in text
+    assert "Attention weights (scratchgpt softmax): [0.1385 0.2379 0.2333 0.124  0.1082 0.1581]" in text
+    assert "context vector z^2: [0.4419 0.6515 0.5683]" in text
+    assert "context_vecs.shape: (2, 6, 4)" in text       # the wrapper: two heads of 2 concatenated
+    assert "context_vecs.shape: (2, 6, 2)" in text       # MultiHeadAttention with d_out 2
+    assert number(r"fused c_attn vs the book's separate W_query/W_key/W_value: max difference (\S+)", text) < 1e-5
+    assert "has 2,360,064 parameters" in text
+    assert_pngs(out, ["attention_weights.png"])
+
+
+def test_ch03_attention_backward_matches_finite_differences(ch03):
+    text, _ = ch03
+    assert number(r"attention backward vs central finite differences .*max relative error (\S+)", text) < 1e-6
+
+
+# ---- chapter 4 ------------------------------------------------------------------------------
+def test_ch04_parameter_counts_tied_and_untied(ch04):
+    text, _ = ch04
+    assert "Total number of parameters (untied, the book's GPTModel): 163,009,536" in text
+    assert "Total number of parameters (tied, GPT-2 and scratchgpt's default): 124,412,160" in text
+    assert "Total size of the model (untied, float32 = 4 bytes per parameter): 621.83 MB" in text
+    assert "exercise 4.1: per block, feed forward 4,722,432 parameters, attention 2,360,064" in text
+
+
+def test_ch04_layernorm_gives_mean_zero_and_biased_variance_one(ch04):
+    text, _ = ch04
+    assert number(r"layernorm check: max \|mean\| = (\S+),", text) < 1e-5
+    lo = number(r"biased variance in \[(\S+),", text)
+    hi = number(r"biased variance in \[\S+, (\S+)\]", text)
+    assert 0.99 < lo <= hi < 1.01
+    m = re.search(r"variance per row, unbiased \(divide by n - 1 = 4\): \[(\S+)\s+(\S+)\]", text)
+    assert m and all(abs(float(v) - 1.25) < 0.01 for v in m.groups())   # 5/4 of the biased one
+
+
+def test_ch04_shortcuts_keep_the_first_layers_gradient(ch04):
+    text, out = ch04
+    assert number(r"shortcut gradient ratio at layer 0: (\S+)x", text) > 10
+    assert_pngs(out, ["gelu_relu.png", "shortcut_gradients.png", "pre_vs_post_layernorm.png"])
+
+
+def test_ch04_block_preserves_shape_and_generation_runs(ch04):
+    text, _ = ch04
+    i = re.search(r"Input shape: (\(2, 4, \d+\))", text).group(1)
+    assert f"Output shape: {i}" in text
+    assert "Output length: 10" in text
+    assert "gives the same ids: True" in text
+    assert "post-LN residual-stream gradient per layer" in text
+
+
+# ---- chapter 5 ------------------------------------------------------------------------------
+def test_ch05_untrained_loss_is_about_ln_vocab(ch05):
+    text, _ = ch05
+    for m in re.finditer(r"untrained model loss (\S+) vs ln\(vocab_size\) = ln\(\d+\) = ([0-9.]+)", text):
+        assert abs(float(m.group(1)) - float(m.group(2))) < 0.2
+    assert len(re.findall(r"untrained model loss", text)) == 2   # GPT-2's vocabulary and characters
+
+
+def test_ch05_training_loss_falls(ch05):
+    text, out = ch05
+    losses = [float(v) for v in re.findall(r"Train loss (\S+),", text)]
+    assert len(losses) >= 3
+    assert losses[-1] < losses[0] - 0.3, losses
+    assert_pngs(out, ["loss.png"])
+
+
+def test_ch05_temperature_sharpens_and_flattens(ch05):
+    text, out = ch05
+    assert number(r"temperature 0.1: 'forward' drawn (\d+)/1000", text) >= 950
+    assert number(r"temperature 5: 'forward' drawn \d+/1000 times, (\d+) distinct words", text) >= 6
+    assert "top-k probabilities: [0.0615 0.     0.     0.5775 0.     0.     0.     0.361  0.    ]" in text
+    assert_pngs(out, ["temperature.png"])
+
+
+def test_ch05_checkpoint_round_trip_and_gpt2_folder(ch05):
+    text, out = ch05
+    assert "loaded model gives identical logits: True" in text
+    assert (out / "model_and_optimizer.npz").exists()
+    assert "GPT-2's loss on" in text and "Output text:\nEvery effort moves you" in text
+
+
+# ---- appendix D -----------------------------------------------------------------------------
+def test_appendix_d_clipping_and_schedule(appendix_d):
+    text, out = appendix_d
+    before = number(r"global gradient norm before clipping: (\S+),", text)
+    after = number(r"global gradient norm before clipping: \S+, after: (\S+)", text)
+    assert after == pytest.approx(min(before, 1.0), rel=1e-3)
+    assert number(r"highest gradient after clipping: (\S+)", text) <= number(
+        r"highest gradient before clipping: (\S+)", text)
+    finals = [float(v) for v in re.findall(r": final train loss (\S+),", text)]
+    assert len(finals) == 2 and all(f < 3.9 for f in finals)      # both runs learn (start ~ln(V) = 4.1)
+    assert_pngs(out, ["lr_gradnorm_loss.png"])

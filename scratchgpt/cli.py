@@ -145,7 +145,8 @@ def build_parser():
 
 def _more_commands():
     """Commands that live beside their code: each module has register_cli(subparsers)."""
-    return []
+    from scratchgpt.analysis.lab import register_cli as register_lab
+    return [register_lab]
 
 
 def main(argv=None):

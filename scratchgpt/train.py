@@ -188,9 +188,12 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
     else:
         if os.path.exists(latest) and cfg.init_from is None:
             log(f"note: {cfg.out_dir} already holds a run; starting over (use --resume to continue it)")
-        for name in ("metrics.jsonl", "samples.txt"):
+        for name in ("metrics.jsonl", "samples.txt"):       # a fresh run: no logs of an old one
             if os.path.exists(os.path.join(cfg.out_dir, name)):
                 os.remove(os.path.join(cfg.out_dir, name))
+        for name in os.listdir(os.path.join(cfg.out_dir, "checkpoints")):
+            if name.startswith("iter_") and name.endswith(".npz"):
+                os.remove(os.path.join(cfg.out_dir, "checkpoints", name))
         if cfg.init_from:
             src = checkpoint.load(os.path.join(cfg.init_from, LATEST), dtype=cfg.dtype)
             model, tokenizer = src.model, src.tokenizer

@@ -146,7 +146,9 @@ def build_parser():
 def _more_commands():
     """Commands that live beside their code: each module has register_cli(subparsers)."""
     from scratchgpt.analysis.lab import register_cli as register_lab
-    return [register_lab]
+    from scratchgpt.chat import register_cli as register_chat
+    from scratchgpt.finetune import register_cli as register_finetune
+    return [register_lab, register_finetune, register_chat]
 
 
 def main(argv=None):

@@ -82,6 +82,9 @@ def forward_cached(model, idx, cache):
     query t of the new chunk attends to every cached key and to new keys up to itself.
     """
     cfg, P = model.cfg, model.params
+    if cfg.lora_rank or cfg.num_classes:
+        raise ValueError("the KV-cache path runs plain language models only: merge LoRA adapters first "
+                         "(scratchgpt.lora) and use a model with a language-model head, not a classifier")
     xp = array_module(model.flat_params)
     B, Tn = idx.shape
     start = cache.length

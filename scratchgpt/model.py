@@ -10,17 +10,20 @@ in `state_dict()` / `grads()` are views into them, so the optimizer updates ever
 in one vectorised step. Weights that get weight decay (the 2-D ones) come first in the
 buffer, so "decay these" is a single slice.
 """
+import fnmatch
 import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy  # host-side only: input checks and the seeded init
 
 from scratchgpt import backend
-from scratchgpt.ops import (cross_entropy_backward, cross_entropy_forward, dropout_backward,
-                            dropout_forward, embedding_backward, embedding_forward,
-                            gelu_backward, gelu_forward, layernorm_backward, layernorm_forward,
-                            linear_backward, linear_forward, multihead_attention_backward,
-                            multihead_attention_forward)
+from scratchgpt.lora import lora_backward, lora_forward
+from scratchgpt.ops import (attention_backward, attention_forward, cross_entropy_backward,
+                            cross_entropy_forward, dropout_backward, dropout_forward,
+                            embedding_backward, embedding_forward, gelu_backward, gelu_forward,
+                            layernorm_backward, layernorm_forward, linear_backward, linear_forward)
+
+LORA_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")   # every linear of a block
 
 
 @dataclass
@@ -35,6 +38,10 @@ class GPTConfig:
     tie_weights: bool = True        # the head reuses transformer.wte.weight, as GPT-2 does
     post_norm: bool = False         # the original Transformer's order, for comparison only
     gelu_approximate: str = "tanh"  # "tanh" (GPT-2) or "none" (exact erf)
+    num_classes: int = 0            # > 0: chapter 6's classification head `score` replaces the LM head
+    lora_rank: int = 0              # > 0: appendix E's LoRA adapters on the linears in lora_targets
+    lora_alpha: float = 0.0         # LoRA scale alpha / rank
+    lora_targets: tuple = LORA_TARGETS
 
     def __post_init__(self):
         for f in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -46,6 +53,15 @@ class GPTConfig:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
         if self.gelu_approximate not in ("tanh", "none"):
             raise ValueError(f"gelu_approximate must be 'tanh' or 'none', got {self.gelu_approximate!r}")
+        if self.num_classes < 0 or self.lora_rank < 0:
+            raise ValueError(f"num_classes and lora_rank must be >= 0, got {self.num_classes}, {self.lora_rank}")
+        if self.lora_rank and self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0 with lora_rank {self.lora_rank}, got {self.lora_alpha} "
+                             f"(alpha = rank scales the update by 1)")
+        self.lora_targets = tuple(self.lora_targets)          # JSON gives back a list
+        unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+        if unknown:
+            raise ValueError(f"unknown lora_targets {unknown}: choose from {list(LORA_TARGETS)}")
 
     def to_dict(self):
         return asdict(self)
@@ -76,8 +92,16 @@ def parameter_shapes(cfg):
         if not cfg.qkv_bias:
             del shapes[h + "attn.c_attn.bias"]
     shapes.update({"transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)})
-    if not cfg.tie_weights:
+    if cfg.num_classes:             # chapter 6: emb_dim -> num_classes, laid out like lm_head (out, in)
+        shapes.update({"score.weight": (cfg.num_classes, C), "score.bias": (cfg.num_classes,)})
+    elif not cfg.tie_weights:
         shapes["lm_head.weight"] = (V, C)
+    # appendix E: W (in, out) gets A (in, r) and B (r, out); last, so a base model's init is unchanged
+    for i in range(cfg.n_layers if cfg.lora_rank else 0):
+        for t in cfg.lora_targets:
+            d_in, d_out = shapes[f"transformer.h.{i}.{t}.weight"]
+            shapes[f"transformer.h.{i}.{t}.lora_A"] = (d_in, cfg.lora_rank)
+            shapes[f"transformer.h.{i}.{t}.lora_B"] = (cfg.lora_rank, d_out)
     return shapes
 
 
@@ -89,6 +113,11 @@ class Layer:
         n = len(prefix)
         self.p = {k[n:]: v for k, v in model.params.items() if k.startswith(prefix)}
         self.g = {k[n:]: v for k, v in model.grad.items() if k.startswith(prefix)}
+        self.model, self.prefix = model, prefix
+
+    def trains(self, name):
+        """Is parameter `name` (without the prefix) trainable? See GPTModel.set_trainable."""
+        return self.prefix + name not in self.model.frozen
 
 
 class LayerNorm(Layer):
@@ -100,8 +129,44 @@ class LayerNorm(Layer):
 
     def backward(self, dout):
         dx, dw, db = layernorm_backward(dout, self.cache)
-        self.g["weight"] += dw
-        self.g["bias"] += db
+        if self.trains("weight"):
+            self.g["weight"] += dw
+        if self.trains("bias"):
+            self.g["bias"] += db
+        return dx
+
+
+class Linear(Layer):
+    """y = x @ weight + bias (GPT-2's layout: weight (in, out)); with LoRA (appendix E)
+    also + (alpha / r) (x @ lora_A) @ lora_B, see scratchgpt.lora."""
+
+    def forward(self, x):
+        out, self.cache = linear_forward(x, self.p["weight"], self.p.get("bias"))   # (..., out)
+        if "lora_A" in self.p:
+            cfg = self.model.cfg
+            y, self.lora_cache = lora_forward(x, self.p["lora_A"], self.p["lora_B"],
+                                              cfg.lora_alpha / cfg.lora_rank)
+            out += y
+        return out
+
+    def backward(self, dout):
+        if self.trains("weight"):
+            dx, dw, db = linear_backward(dout, self.cache)
+            self.g["weight"] += dw
+        else:   # a frozen weight: only dx = dout @ W^T, no dW GEMM
+            x, w, _ = self.cache
+            dout2 = dout.reshape(-1, dout.shape[-1])                                 # (N, out)
+            dx = (dout2 @ w.T).reshape(x.shape)                                      # (..., in)
+            db = dout2.sum(axis=0) if "bias" in self.p else None
+        if db is not None and self.trains("bias"):
+            self.g["bias"] += db
+        if "lora_A" in self.p:
+            dx_lora, da, dbb = lora_backward(dout, self.lora_cache)
+            dx += dx_lora
+            if self.trains("lora_A"):
+                self.g["lora_A"] += da
+            if self.trains("lora_B"):
+                self.g["lora_B"] += dbb
         return dx
 
 
@@ -117,50 +182,40 @@ class GELU:
         return gelu_backward(dout, self.cache, self.approximate)
 
 
-class FeedForward(Layer):
+class FeedForward:
     """emb_dim -> 4 emb_dim -> GELU -> emb_dim (GPT-2's c_fc and c_proj)."""
 
     def __init__(self, model, prefix, approximate="tanh"):
-        super().__init__(model, prefix)
+        self.c_fc = Linear(model, prefix + "c_fc.")
         self.gelu = GELU(approximate)
+        self.c_proj = Linear(model, prefix + "c_proj.")
 
     def forward(self, x):
-        h, self.fc_cache = linear_forward(x, self.p["c_fc.weight"], self.p["c_fc.bias"])  # (B,T,4C)
-        h = self.gelu.forward(h)
-        out, self.proj_cache = linear_forward(h, self.p["c_proj.weight"], self.p["c_proj.bias"])  # (B,T,C)
-        return out
+        h = self.gelu.forward(self.c_fc.forward(x))                   # (B, T, 4C)
+        return self.c_proj.forward(h)                                 # (B, T, C)
 
     def backward(self, dout):
-        dh, dw, db = linear_backward(dout, self.proj_cache)
-        self.g["c_proj.weight"] += dw
-        self.g["c_proj.bias"] += db
-        dh = self.gelu.backward(dh)
-        dx, dw, db = linear_backward(dh, self.fc_cache)
-        self.g["c_fc.weight"] += dw
-        self.g["c_fc.bias"] += db
-        return dx
+        return self.c_fc.backward(self.gelu.backward(self.c_proj.backward(dout)))
 
 
-class MultiHeadAttention(Layer):
+class MultiHeadAttention:
+    """c_attn (fused q, k, v) -> causal multi-head attention -> c_proj (ops/attention.py)."""
+
     def __init__(self, model, prefix, n_heads, drop_rate):
-        super().__init__(model, prefix)
+        self.c_attn = Linear(model, prefix + "c_attn.")
+        self.c_proj = Linear(model, prefix + "c_proj.")
         self.n_heads, self.drop_rate, self.model = n_heads, drop_rate, model
 
     def forward(self, x):
-        p = self.p
-        out, self.cache = multihead_attention_forward(
-            x, p["c_attn.weight"], p.get("c_attn.bias"), p["c_proj.weight"], p["c_proj.bias"],
-            self.n_heads, self.drop_rate, self.model.dropout_rng())
+        qkv = self.c_attn.forward(x)                                  # (B, T, 3C)
+        y, core_cache = attention_forward(qkv, self.n_heads, self.drop_rate, self.model.dropout_rng())
+        out = self.c_proj.forward(y)                                  # (B, T, C)
+        self.cache = (self.c_attn.cache, core_cache, self.c_proj.cache)   # multihead_attention_forward's layout
         return out
 
     def backward(self, dout):
-        dx, (dw_attn, db_attn, dw_proj, db_proj) = multihead_attention_backward(dout, self.cache)
-        self.g["c_attn.weight"] += dw_attn
-        if db_attn is not None:
-            self.g["c_attn.bias"] += db_attn
-        self.g["c_proj.weight"] += dw_proj
-        self.g["c_proj.bias"] += db_proj
-        return dx
+        dqkv = attention_backward(self.c_proj.backward(dout), self.cache[1])
+        return self.c_attn.backward(dqkv)
 
 
 class TransformerBlock:
@@ -212,6 +267,7 @@ class GPTModel:
         logits = model(idx)                    # (B, T) ids -> (B, T, vocab_size)
         loss = model.loss(idx, targets)        # mean cross-entropy (ignore_index=-100)
         model.backward()                       # adds d loss / d params into model.grads()
+        model.freeze(["transformer.h.11", "transformer.ln_f"])   # fine-tuning: only these train
     """
 
     def __init__(self, cfg, seed=0, dtype="float32", init=True):
@@ -240,9 +296,14 @@ class GPTModel:
         if init:                  # init=False: all zeros, for a loader that overwrites every weight
             self._init_weights(seed)
 
+        self.frozen = set()       # names that get no gradient, see set_trainable
         self.blocks = [TransformerBlock(self, i) for i in range(cfg.n_layers)]
         self.ln_f = LayerNorm(self, "transformer.ln_f.")
-        self.head_name = "transformer.wte.weight" if cfg.tie_weights else "lm_head.weight"
+        if cfg.num_classes:
+            self.head_name = "score.weight"
+        else:
+            self.head_name = "transformer.wte.weight" if cfg.tie_weights else "lm_head.weight"
+        self.set_trainable(None)
         self._cache = None
 
     def _init_weights(self, seed):
@@ -252,8 +313,11 @@ class GPTModel:
         for name, p in self.params.items():
             if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
                 p[...] = 1.0
-            elif p.ndim == 1:
+            elif p.ndim == 1 or name.endswith("lora_B"):     # LoRA starts as the identity: B = 0
                 p[...] = 0.0
+            elif name.endswith("lora_A"):   # the book's kaiming_uniform_(A, a=sqrt(5)): fan_in = rank
+                bound = 1.0 / math.sqrt(p.shape[1])
+                p[...] = backend.xp.asarray(rng.uniform(-bound, bound, p.shape).astype(self.dtype))
             else:
                 std = 0.02 / math.sqrt(2 * self.cfg.n_layers) if name.endswith("c_proj.weight") else 0.02
                 p[...] = backend.xp.asarray(rng.normal(0.0, std, p.shape).astype(self.dtype))
@@ -270,12 +334,68 @@ class GPTModel:
         """The generator for dropout masks, or None when dropout is off (eval mode or p = 0)."""
         return self.rng if self.training and self.cfg.drop_rate > 0 else None
 
+    def __deepcopy__(self, memo):
+        """A true copy: a new model whose layers view *its own* flat buffers (a field-by-field
+        deepcopy would leave the layers pointing at copies that no longer share memory)."""
+        new = GPTModel(self.cfg, seed=self.seed, dtype=self.dtype, init=False)
+        new.flat_params[...] = self.flat_params
+        new.flat_grads[...] = self.flat_grads
+        new.rng.bit_generator.state = self.rng.bit_generator.state
+        if self.frozen:
+            new.set_trainable([k for k in self.params if k not in self.frozen])
+        return new.train(self.training)
+
     def num_parameters(self):
         """Every parameter once (the tied head is the token embedding, so it counts once)."""
         return int(self.flat_params.size)
 
     def zero_grad(self):
+        if not self.frozen:
+            self.flat_grads[...] = 0
+            return
+        for k in self.trainable_names():      # frozen gradients are never written: they stay 0
+            self.grad[k][...] = 0
+
+    # -- freezing (chapters 6 and 7, appendix E)
+    def set_trainable(self, names=None):
+        """Train only the parameters `names` selects; None trains all of them (the default).
+
+        An entry selects a parameter by its full name, a prefix ending at a dot
+        ("transformer.h.1" selects block 1, not blocks 10 and 11) or a glob ("*.lora_A").
+        Frozen parameters get no gradient at all: backward() never goes below the lowest block
+        that holds a trainable parameter, skips the dW GEMM of a frozen linear weight, and
+        leaves their entries in grads() exactly zero. The optimizer must not touch them either
+        (scratchgpt.finetune.TrainableParams gives AdamW only the trainable ones).
+        """
         self.flat_grads[...] = 0
+        if names is None:
+            self.frozen = set()
+        else:
+            names = [names] if isinstance(names, str) else list(names)
+            picked = {n: {k for k in self.params if _selects(n, k)} for n in names}
+            unknown = [n for n, ks in picked.items() if not ks]
+            if unknown:
+                raise ValueError(f"no parameter is named or starts with {unknown[0]!r} "
+                                 f"(names look like {next(iter(self.params))!r})")
+            self.frozen = set(self.params) - set().union(*picked.values())
+        trains = [any(k not in self.frozen for k in self.params if k.startswith(f"transformer.h.{i}."))
+                  for i in range(self.cfg.n_layers)]
+        self._train_embeddings = not {"transformer.wte.weight", "transformer.wpe.weight"} <= self.frozen
+        # backward runs blocks lowest_block..n_layers-1; everything below them is frozen
+        self.lowest_block = 0 if self._train_embeddings else next(
+            (i for i, t in enumerate(trains) if t), self.cfg.n_layers)
+        return self
+
+    def freeze(self, trainable=()):
+        """Freeze every parameter except `trainable` (as in set_trainable). The book's chapter 6
+        recipe: model.freeze(["transformer.h.11", "transformer.ln_f", "score"])."""
+        return self.set_trainable(list(trainable))
+
+    def trainable_names(self):
+        return [k for k in self.params if k not in self.frozen]
+
+    def num_trainable_parameters(self):
+        return sum(int(self.params[k].size) for k in self.trainable_names())
 
     def state_dict(self):
         """{name: array} views of the parameters (copy them to keep a snapshot)."""
@@ -326,7 +446,8 @@ class GPTModel:
         return xp.asarray(idx)
 
     def forward(self, idx):
-        """(B, T) token ids -> (B, T, vocab_size) logits; keeps what backward needs."""
+        """(B, T) token ids -> (B, T, vocab_size) logits (num_classes with a classification
+        head); keeps what backward needs."""
         idx = self._check_ids(idx)
         self._loss_cache = None
         T = idx.shape[1]
@@ -339,7 +460,7 @@ class GPTModel:
             x = block.forward(x)
             self.activations.append(x)
         x = self.ln_f.forward(x)
-        logits, head_cache = linear_forward(x, P[self.head_name].T)             # (B, T, V)
+        logits, head_cache = linear_forward(x, P[self.head_name].T, P.get("score.bias"))  # (B, T, V)
         self._cache = (T, emb_cache, drop_cache, head_cache)
         return logits
 
@@ -366,7 +487,9 @@ class GPTModel:
         otherwise of sum(dlogits * logits) for any upstream gradient (B, T, V) of the last forward.
 
         Afterwards `self.activation_grads[i]` is the gradient at `self.activations[i]`
-        (i = 0: the embeddings after dropout; i = l + 1: the output of block l).
+        (i = 0: the embeddings after dropout; i = l + 1: the output of block l); with frozen
+        parameters (set_trainable) the backward stops at the input of model.lowest_block and
+        the entries below it stay None.
         """
         if self._cache is None:
             raise RuntimeError("backward() needs a forward pass first: call model.loss(...) or model(idx)")
@@ -375,15 +498,31 @@ class GPTModel:
                 raise RuntimeError("backward() without dlogits needs model.loss(idx, targets) first")
             dlogits = cross_entropy_backward(1.0, self._loss_cache)
         T, emb_cache, drop_cache, head_cache = self._cache
-        dx, dw_head_t, _ = linear_backward(dlogits, head_cache)                  # dw: (C, V)
-        self.grad[self.head_name] += dw_head_t.T                                  # tied: into wte
+        if self.head_name in self.frozen:                                         # only dx, no dW GEMM
+            B, _, V = dlogits.shape
+            dx = (dlogits.reshape(-1, V) @ self.params[self.head_name]).reshape(B, T, -1)   # (B, T, C)
+        else:
+            dx, dw_head_t, db = linear_backward(dlogits, head_cache)              # dw: (C, V)
+            self.grad[self.head_name] += dw_head_t.T                              # tied: into wte
+            if db is not None and "score.bias" not in self.frozen:
+                self.grad["score.bias"] += db
         dx = self.ln_f.backward(dx)
         self.activation_grads = [None] * (len(self.blocks) + 1)
-        for i in reversed(range(len(self.blocks))):
+        for i in reversed(range(self.lowest_block, len(self.blocks))):
             self.activation_grads[i + 1] = dx
             dx = self.blocks[i].backward(dx)
-        self.activation_grads[0] = dx
-        dx = dropout_backward(dx, drop_cache)
-        self.grad["transformer.wpe.weight"][:T] += dx.sum(axis=0)                 # (B, T, C) -> (T, C)
-        self.grad["transformer.wte.weight"] += embedding_backward(dx, emb_cache)  # scatter-add
+        self.activation_grads[self.lowest_block] = dx
+        if self._train_embeddings:
+            dx = dropout_backward(dx, drop_cache)
+            if "transformer.wpe.weight" not in self.frozen:
+                self.grad["transformer.wpe.weight"][:T] += dx.sum(axis=0)          # (B, T, C) -> (T, C)
+            if "transformer.wte.weight" not in self.frozen:
+                self.grad["transformer.wte.weight"] += embedding_backward(dx, emb_cache)  # scatter-add
         self._loss_cache = None
+
+
+def _selects(entry, name):
+    """set_trainable's rule: the full name, a dotted prefix, or a glob pattern."""
+    if any(c in entry for c in "*?["):
+        return fnmatch.fnmatchcase(name, entry)
+    return name == entry or name.startswith(entry.rstrip(".") + ".")

@@ -258,3 +258,19 @@ def test_clip_grad_norm_matches_torch():
     norm = sg.clip_grad_norm(model, 1.0)
     assert abs(norm - float(ref_norm)) < 1e-9 * norm
     assert rel_err(model.flat_grads, ts[0].grad) < 1e-12
+
+
+def test_deepcopy_gives_an_independent_working_model():
+    import copy
+    cfg = sg.GPTConfig(**TINY)
+    a = sg.GPTModel(cfg, seed=0)
+    idx, tgt = batch(cfg, 2, 6)
+    b = copy.deepcopy(a)
+    np.testing.assert_array_equal(a(idx), b(idx))
+    opt = sg.AdamW(b, lr=1e-2)
+    b.loss(idx, tgt)
+    b.zero_grad()
+    b.backward()
+    assert b.grads()["transformer.ln_f.bias"].any()         # the copy's layers write its own buffers
+    opt.step()
+    assert not np.array_equal(a(idx), b(idx))              # and the original is untouched

@@ -21,7 +21,7 @@ class Block(nn.Module):
         q, k, v = (t.view(B, T, self.H, C // self.H).transpose(1, 2) for t in (q, k, v))
         # explicit attention (no fused SDPA), like the book's MultiHeadAttention
         s = (q @ k.transpose(-2, -1)) / math.sqrt(C // self.H)
-        mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+        mask = torch.triu(torch.ones(T, T, dtype=torch.bool, device=x.device), 1)
         a = torch.softmax(s.masked_fill(mask, float("-inf")), dim=-1)
         return self.c_proj((a @ v).transpose(1, 2).reshape(B, T, C))
 
@@ -40,7 +40,7 @@ class TorchGPT(nn.Module):
 
     def forward(self, idx, targets=None):
         T = idx.shape[1]
-        x = self.wte(idx) + self.wpe(torch.arange(T))
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
         for b in self.h:
             x = b(x)
         logits = self.ln_f(x) @ self.wte.weight.T

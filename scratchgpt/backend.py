@@ -8,10 +8,11 @@ All math in `scratchgpt.ops` asks `array_module(x)` for the namespace of the arr
 was given, so the ops never import NumPy or CuPy themselves; code that *creates* arrays
 (model init, batches) uses `backend.xp`, the namespace chosen here.
 
-The fused numba kernels (`scratchgpt.kernels`) are switched here too, in one place:
+The fused numba kernels are switched here too, in one place (`fused`):
 SCRATCHGPT_KERNELS=numba (the default when numba imports) or numpy (the readable
-reference code in the ops). They only ever see NumPy arrays; CuPy arrays take the
-reference path.
+reference code in the ops). NumPy arrays get the CPU kernels (`scratchgpt.kernels`),
+CuPy arrays the GPU ones written with numba.cuda (`scratchgpt.kernels.cuda`) when
+numba.cuda finds the GPU and its compiler, and the reference code otherwise.
 """
 import os
 
@@ -115,10 +116,30 @@ def use_kernels(enabled):
 
 
 def fused(x):
-    """The numba kernels module when they apply to array `x` (NumPy, kernels on), else None."""
-    if _kernels is not None and isinstance(x, numpy.ndarray):
+    """The fused kernels for array `x` while they are on, else None (the reference array code):
+    the CPU kernels for a NumPy array, the numba.cuda kernels for a CuPy array."""
+    if _kernels is None:
+        return None
+    if type(x).__module__.startswith("cupy"):
+        return _cuda_kernels()
+    if isinstance(x, numpy.ndarray):
         return _kernels
     return None
+
+
+_cuda = None                    # scratchgpt.kernels.cuda once imported; False where it cannot run
+
+
+def _cuda_kernels():
+    """scratchgpt.kernels.cuda if numba.cuda works here (a GPU and its compiler), else None."""
+    global _cuda
+    if _cuda is None:
+        try:
+            from scratchgpt.kernels import cuda
+            _cuda = cuda if cuda.available() else False
+        except ImportError:
+            _cuda = False
+    return _cuda or None
 
 
 if os.environ.get("SCRATCHGPT_BACKEND"):

@@ -60,10 +60,13 @@ def test_ops_on_the_gpu_match_torch(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("variant", [dict(), dict(qkv_bias=True, tie_weights=False), dict(post_norm=True)])
-def test_whole_model_gradients_on_the_gpu_match_torch(dtype, variant):
+def test_whole_model_gradients_on_the_gpu_match_torch(dtype, variant, kernels):
     cfg = sg.GPTConfig(**TINY, **variant)
     model = sg.GPTModel(cfg, seed=0, dtype=dtype)
     assert isinstance(model.flat_params, cupy.ndarray)
+    # SCRATCHGPT_KERNELS=numba runs the numba.cuda kernels where they can run, =numpy the array code
+    expected = usable_cuda_kernels() if kernels == "numba" else None
+    assert backend.fused(model.flat_params) is expected
     r = np.random.default_rng(0)
     idx, tgt = r.integers(0, 11, (2, 8)), r.integers(0, 11, (2, 8))
     tgt[0, ::2] = -100
@@ -77,6 +80,78 @@ def test_whole_model_gradients_on_the_gpu_match_torch(dtype, variant):
     assert_close(np.array(loss), ref_loss, dtype, "loss")
     for name, g in model.grads().items():
         assert_close(g, P[name].grad, dtype, name)
+
+
+def usable_cuda_kernels():
+    """scratchgpt.kernels.cuda where numba.cuda can run here, else None."""
+    from scratchgpt.kernels import cuda
+    return cuda if cuda.available() else None
+
+
+def cuda_kernels():
+    k = usable_cuda_kernels()
+    if k is None:
+        pytest.skip("numba.cuda cannot run here: pip install 'numba-cuda[cu12]' (or [cu13])")
+    return k
+
+
+def test_the_kernel_switch_gives_cupy_arrays_the_cuda_kernels():
+    x = cupy.zeros((2, 3), dtype=cupy.float32)
+    try:
+        backend.use_kernels(True)
+        assert backend.fused(x) is cuda_kernels()
+        assert backend.fused(np.zeros(3)) is not cuda_kernels()          # NumPy: the CPU kernels
+        backend.use_kernels(False)
+        assert backend.fused(x) is None
+    finally:
+        backend.use_kernels(True)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cuda_kernels_match_the_reference_ops_on_cupy_arrays(dtype):
+    """Each op through the numba.cuda kernels against the same op's array code in float64."""
+    cuda_kernels()
+    tol = {np.float64: 1e-12, np.float32: 1e-5}[dtype]
+    r = np.random.default_rng(3)
+    x = r.standard_normal((4, 7, 48)).astype(dtype)            # LayerNorm, GELU: (B, T, C)
+    w, b, dx_in = r.standard_normal(48).astype(dtype), r.standard_normal(48).astype(dtype), \
+        r.standard_normal(x.shape).astype(dtype)
+    s, ds = (3 * r.standard_normal((2, 3, 33, 33))).astype(dtype), r.standard_normal((2, 3, 33, 33)).astype(dtype)
+    logits = (4 * r.standard_normal((2, 40, 1000))).astype(dtype)
+    tg = r.integers(0, 1000, (2, 40))
+    tg[0, ::3] = -100
+
+    def run(cast):
+        g = lambda a: cupy.asarray(a.astype(cast))            # noqa: E731
+        out, c = ops.layernorm_forward(g(x), g(w), g(b))
+        y, sc = ops.causal_softmax_forward(g(s))
+        h, gc = ops.gelu_forward(g(x))
+        loss, cc = ops.cross_entropy_forward(g(logits), cupy.asarray(tg))
+        return dict(ln=out, ln_mean=c[2], ln_rstd=c[3], ln_back=ops.layernorm_backward(g(dx_in), c),
+                    softmax=y, softmax_back=ops.causal_softmax_backward(g(ds), sc),
+                    gelu=h, gelu_back=ops.gelu_backward(g(dx_in), gc),
+                    loss=float(loss), dlogits=ops.cross_entropy_backward(1.0, cc))
+
+    try:
+        backend.use_kernels(True)
+        ours = run(dtype)
+        backend.use_kernels(False)
+        ref = run(np.float64)
+    finally:
+        backend.use_kernels(True)
+    def arrays(v):                      # a backward's (dx, dw, db) or a single result
+        return v if isinstance(v, tuple) else (v,)
+
+    for name in ref:
+        for a, b_ in zip(arrays(ours[name]), arrays(ref[name])):
+            if not isinstance(a, float):
+                assert isinstance(a, cupy.ndarray) and a.dtype == dtype, name
+            a, b_ = np.asarray(host(a), np.float64), np.asarray(host(b_), np.float64)
+            err = np.abs(a - b_).max() / max(np.abs(b_).max(), 1e-300)
+            assert err <= tol, f"{name}: relative error {err:.3g} > {tol:g}"
+    y = host(ours["softmax"])
+    assert not y[..., np.triu_indices(33, 1)[0], np.triu_indices(33, 1)[1]].any()     # exactly 0
+    assert not host(ours["dlogits"]).reshape(2, 40, 1000)[tg == -100].any()
 
 
 def test_a_training_step_stays_on_the_device_and_matches_the_cpu():

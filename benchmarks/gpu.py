@@ -1,0 +1,243 @@
+"""Training-step speed and peak memory on a GPU: ours on CuPy against torch eager, in one run.
+
+    pip install --no-deps -e .          # once, from the repository root: maps kernels/ to scratchgpt.kernels
+    python benchmarks/gpu.py [--configs tiny,small,gpt2] [--steps 5] [--repeats 3]
+
+Needs CuPy, numba.cuda and torch built for the same CUDA (e.g. cupy-cuda13x, numba-cuda[cu13] and a
+CUDA 13 torch). The editable install matters: the kernels live in the top-level kernels/ folder and
+are imported as scratchgpt.kernels, a name only the install creates (PYTHONPATH=. is not enough).
+
+Each measurement is a full step (forward + loss + backward + grad clip + AdamW), float32, on a fixed
+random batch that starts on the host every step (the token batch goes in, the loss comes out as a
+Python float, for ours and torch alike). Columns:
+
+    ours kernels   the CuPy backend with the numba.cuda kernels (SCRATCHGPT_KERNELS=numba)
+    ours arrays    the CuPy backend with the reference array code of the ops (=numpy)
+    torch fp32     torch eager, float32 matmuls in full float32 (TF32 off)
+    torch tf32     torch eager, TF32 tensor-core matmuls (torch.set_float32_matmul_precision("high"))
+
+Ours does not use TF32 (CuPy's matmuls are full float32 unless CUPY_TF32=1 is set before import).
+tokens/s is the median over repeats of `steps` steps each, timed between two device synchronisations,
+after warm-up steps (numba compiles the kernels on the first one). Peak memory is measured on one
+more step: for ours the high-water mark of CuPy's memory pool in use (a counting allocator around
+the pool) and the pool's reserved total, for torch max_memory_allocated and max_memory_reserved.
+Both include the parameters, gradients and AdamW state; neither includes the CUDA context, cuBLAS
+workspaces outside the allocator, or numba's loaded modules.
+"""
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+
+CONFIGS = {
+    "tiny": dict(vocab_size=65, context_length=64, emb_dim=128, n_heads=4, n_layers=4, batch=32),
+    "small": dict(vocab_size=65, context_length=256, emb_dim=384, n_heads=6, n_layers=6, batch=16),
+    "gpt2": dict(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12, batch=8),
+}
+
+
+def model_config(cfgd):
+    return {k: v for k, v in cfgd.items() if k != "batch"}
+
+
+def host_batch(cfgd, seed=0):
+    import numpy as np
+    r = np.random.default_rng(seed)
+    shape = (cfgd["batch"], cfgd["context_length"])
+    return r.integers(0, cfgd["vocab_size"], shape), r.integers(0, cfgd["vocab_size"], shape)
+
+
+# ---------------------------------------------------------------- ours
+
+class PeakCounter:
+    """Wraps CuPy's memory pool: remembers the most bytes in use after any allocation."""
+
+    def __init__(self, pool):
+        self.pool, self.peak = pool, pool.used_bytes()
+
+    def malloc(self, size):
+        mem = self.pool.malloc(size)
+        self.peak = max(self.peak, self.pool.used_bytes())
+        return mem
+
+
+def bench_ours(cfgd, kernels, steps, repeats, warmup):
+    import cupy
+    import scratchgpt as sg
+    from scratchgpt import backend
+
+    backend.use("cupy")
+    backend.use_kernels(kernels)
+    pool = cupy.get_default_memory_pool()
+    try:
+        model = sg.GPTModel(sg.GPTConfig(**model_config(cfgd)), seed=0, dtype="float32")
+        opt = sg.AdamW(model, lr=1e-4, weight_decay=0.1)
+        used = "numba.cuda kernels" if backend.fused(model.flat_params) is not None else "array code"
+        x, y = host_batch(cfgd)
+
+        def step():
+            model.zero_grad()
+            model.loss(x, y)              # the batch goes in, the loss comes out (one sync)
+            model.backward()
+            sg.clip_grad_norm(model, 1.0)
+            opt.step()
+
+        sync = cupy.cuda.Device().synchronize
+        rate = timed(step, sync, cfgd, steps, repeats, warmup)
+        counter = PeakCounter(pool)
+        cupy.cuda.set_allocator(counter.malloc)
+        try:
+            step()
+            sync()
+        finally:
+            cupy.cuda.set_allocator(pool.malloc)
+        return dict(tokens_per_s=rate, peak_bytes=counter.peak, reserved_bytes=pool.total_bytes(), path=used)
+    finally:
+        model = opt = step = None
+        gc.collect()
+        pool.free_all_blocks()
+        backend.use_kernels(True)
+
+
+# ---------------------------------------------------------------- torch
+
+def bench_torch(cfgd, tf32, steps, repeats, warmup):
+    import torch
+    from scratchgpt.model import GPTConfig
+    from torch_gpt import TorchGPT
+
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = TorchGPT(GPTConfig(**model_config(cfgd))).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    xh, yh = (torch.from_numpy(a) for a in host_batch(cfgd))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model(xh.to(dev), yh.to(dev))
+        loss.item()                       # as ours: the loss as a Python float every step
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    try:
+        rate = timed(step, torch.cuda.synchronize, cfgd, steps, repeats, warmup)
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return dict(tokens_per_s=rate, peak_bytes=torch.cuda.max_memory_allocated(),
+                    reserved_bytes=torch.cuda.max_memory_reserved())
+    finally:
+        model = opt = step = None
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.set_float32_matmul_precision("highest")
+
+
+# ---------------------------------------------------------------- measuring
+
+def timed(step, sync, cfgd, steps, repeats, warmup):
+    """Median tokens/s over `repeats` runs of `steps` steps, each between two synchronisations."""
+    for _ in range(warmup):
+        step()
+    sync()
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        rates.append(steps * cfgd["batch"] * cfgd["context_length"] / (time.perf_counter() - t))
+    return sorted(rates)[len(rates) // 2]
+
+
+def run_one(fn, *args):
+    """fn(*args), or {'error': 'out of memory'} when the GPU runs out (e.g. gpt2 on a small card)."""
+    try:
+        return fn(*args)
+    except Exception as e:            # cupy's and torch's OutOfMemoryError have no common base
+        if "out of memory" not in str(e).lower():
+            raise
+    gc.collect()                      # outside the except block: the traceback's frames are gone
+    import cupy
+    import torch
+    cupy.get_default_memory_pool().free_all_blocks()
+    torch.cuda.empty_cache()
+    return dict(error="out of memory")
+
+
+def describe():
+    import cupy
+    import numba
+    import torch
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    from scratchgpt.kernels import cuda as cuda_kernels
+    return (f"{name}, {props['totalGlobalMem'] / 2**30:.0f} GiB | cupy {cupy.__version__} | "
+            f"numba {numba.__version__} (numba.cuda usable: {cuda_kernels.available()}) | "
+            f"torch {torch.__version__} (CUDA {torch.version.cuda})")
+
+
+def fmt_rate(r):
+    return f"{r['tokens_per_s']:,.0f}" if "tokens_per_s" in r else r.get("error", "-")
+
+
+def fmt_mem(r):
+    return f"{r['peak_bytes'] / 2**20:,.0f}" if "peak_bytes" in r else r.get("error", "-")
+
+
+def ratio(a, b, key):
+    if key in a and key in b and b[key]:
+        return f"{a[key] / b[key]:.2f}x"
+    return "-"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default="tiny,small,gpt2", help=f"comma-separated, of {list(CONFIGS)}")
+    ap.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--json", help="also write the results to this file")
+    a = ap.parse_args()
+    print(describe(), flush=True)
+
+    results = {}
+    for name in a.configs.split(","):
+        cfgd, opts = CONFIGS[name], (a.steps, a.repeats, a.warmup)
+        r = results[name] = {}
+        r["ours kernels"] = run_one(bench_ours, cfgd, True, *opts)
+        r["ours arrays"] = run_one(bench_ours, cfgd, False, *opts)
+        r["torch fp32"] = run_one(bench_torch, cfgd, False, *opts)
+        r["torch tf32"] = run_one(bench_torch, cfgd, True, *opts)
+        path = r["ours kernels"].get("path")
+        if path and path != "numba.cuda kernels":
+            print(f"note: {name}: 'ours kernels' ran the {path} (numba.cuda is not usable here)")
+        print(f"{name}: done", flush=True)
+
+    cols = ["ours kernels", "ours arrays", "torch fp32", "torch tf32"]
+    print("\ntokens/s (higher is better); ratio = ours kernels / torch")
+    print(f"{'config':7} {'tokens':>6} " + " ".join(f"{c:>13}" for c in cols) + f" {'vs fp32':>8} {'vs tf32':>8}")
+    for name, r in results.items():
+        cfgd = CONFIGS[name]
+        print(f"{name:7} {cfgd['batch'] * cfgd['context_length']:6} " + " ".join(f"{fmt_rate(r[c]):>13}" for c in cols)
+              + f" {ratio(r['ours kernels'], r['torch fp32'], 'tokens_per_s'):>8}"
+              + f" {ratio(r['ours kernels'], r['torch tf32'], 'tokens_per_s'):>8}")
+    print("\npeak device memory in use during a step, MiB (lower is better); ratio = ours kernels / torch fp32")
+    print(f"{'config':7} " + " ".join(f"{c:>13}" for c in cols) + f" {'ratio':>8}")
+    for name, r in results.items():
+        print(f"{name:7} " + " ".join(f"{fmt_mem(r[c]):>13}" for c in cols)
+              + f" {ratio(r['ours kernels'], r['torch fp32'], 'peak_bytes'):>8}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(dict(device=describe(), configs=CONFIGS, results=results), f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    main()

@@ -196,3 +196,16 @@ def test_appendix_d_clipping_and_schedule(appendix_d):
     finals = [float(v) for v in re.findall(r": final train loss (\S+),", text)]
     assert len(finals) == 2 and all(f < 3.9 for f in finals)      # both runs learn (start ~ln(V) = 4.1)
     assert_pngs(out, ["lr_gradnorm_loss.png"])
+
+
+@pytest.mark.parametrize("script,png,fact", [
+    ("ch06_classification.py", "classification_curves.png", r"test accuracy: ([\d.]+)% ->"),
+    ("ch07_instructions.py", "instruction_loss.png", r"held-out response loss ([\d.]+) ->"),
+    ("appendix_e_lora.py", "lora_curves.png", r"merged and unmerged logits differ by at most ([\d.e+-]+)"),
+])
+def test_fine_tuning_examples_run(tmp_path, script, png, fact):
+    out = run_example(script, tmp_path)
+    value = number(fact, out)
+    if script == "appendix_e_lora.py":
+        assert value < 1e-4                       # merging W + (alpha/r) A B changes nothing
+    assert_pngs(tmp_path, [png])

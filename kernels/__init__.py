@@ -43,3 +43,11 @@ __all__ = [
     "gelu_forward", "gelu_backward",
     "cross_entropy_forward_backward",
 ]
+
+from .attention import causal_attention_backward, causal_attention_forward  # noqa: E402
+
+__all__ += ["causal_attention_forward", "causal_attention_backward"]
+
+from .adamw import adamw_step  # noqa: E402
+
+__all__ += ["adamw_step"]

@@ -1,6 +1,7 @@
 """Optimizers that update the model's flat parameter buffer in one vectorised step."""
 import math
 
+from scratchgpt import backend
 from scratchgpt.backend import array_module
 
 
@@ -21,7 +22,7 @@ class AdamW:
         xp = array_module(model.flat_params)
         self.m = xp.zeros_like(model.flat_params)
         self.v = xp.zeros_like(model.flat_params)
-        self._tmp = xp.zeros_like(model.flat_params)     # reused every step: no large temporaries
+        self._tmp = None         # the array path's scratch buffer, made on its first step
         self.t = 0
 
     def step(self):
@@ -29,10 +30,18 @@ class AdamW:
         p, g, m, v, tmp = self.model.flat_params, self.model.flat_grads, self.m, self.v, self._tmp
         b1, b2 = self.betas
         self.t += 1
+        k = getattr(backend.fused(p), "adamw_step", None)
+        if k is not None:                                # the same update in one pass over memory
+            k(p, g, m, v, self.t, self.lr, self.betas, self.eps, self.weight_decay,
+                         self.model.n_decay if self.weight_decay else 0)
+            return
+        if tmp is None:                                  # reused every step: no large temporaries
+            tmp = self._tmp = xp.empty_like(p)
         if self.weight_decay:
             p[:self.model.n_decay] *= 1.0 - self.lr * self.weight_decay
         m *= b1                                          # m = b1 m + (1 - b1) g
-        m += (1.0 - b1) * g
+        xp.multiply(g, 1.0 - b1, out=tmp)
+        m += tmp
         v *= b2                                          # v = b2 v + (1 - b2) g^2
         xp.multiply(g, g, out=tmp)
         tmp *= 1.0 - b2

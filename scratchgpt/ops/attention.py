@@ -4,9 +4,15 @@
     att = softmax(mask(q @ k^T / sqrt(hd)))    per head; query t attends to keys 0..t
     y   = dropout(att) @ v                     heads concatenated again
     out = y @ W_proj + b_proj                  c_proj
+
+With the numba kernels on and no dropout, attention_forward/backward hand the whole core to
+one fused kernel (kernels/attention.py): it reads q, k, v straight out of qkv, computes only
+the causal half of the scores and keeps the weights packed; the array code below is the
+reference it is tested against.
 """
 import math
 
+from scratchgpt import backend
 from scratchgpt.backend import array_module
 from scratchgpt.ops.dropout import dropout_backward, dropout_forward
 from scratchgpt.ops.linear import linear_backward, linear_forward
@@ -15,6 +21,11 @@ from scratchgpt.ops.softmax import causal_softmax_backward, causal_softmax_forwa
 
 def attention_forward(qkv, n_heads, drop_rate=0.0, rng=None):
     """The core: fused (B, T, 3C) projections -> (B, T, C) per-head weighted sums of values."""
+    k = backend.fused(qkv)
+    fused = getattr(k, "causal_attention_forward", None)              # CPU kernels only, for now
+    if fused is not None and (drop_rate == 0.0 or rng is None):
+        y, att = fused(qkv, n_heads)                                 # att: packed, (B*H, T(T+1)/2)
+        return y, ("fused", k, qkv, att, n_heads)
     B, T, C3 = qkv.shape
     C = C3 // 3
     hd = C // n_heads
@@ -34,6 +45,9 @@ def attention_backward(dy, cache):
         dA = dy v^T,  dv = A^T dy,  dS = softmax_backward(dropout_backward(dA)),
         dq = dS k / sqrt(hd),  dk = dS^T q / sqrt(hd)
     """
+    if isinstance(cache[0], str):                                    # the forward ran fused
+        _, k, qkv, att, n_heads = cache
+        return k.causal_attention_backward(dy, qkv, att, n_heads)     # (B, T, 3C)
     q, k, v, att, att_drop, drop_cache, n_heads = cache
     B, H, T, hd = q.shape
     dy = dy.reshape(B, T, H, hd).transpose(0, 2, 1, 3)              # (B, H, T, hd)

@@ -18,6 +18,11 @@ def linear_backward(dout, cache):
     dout2 = dout.reshape(-1, dout.shape[-1])           # (N, out)
     x2 = x.reshape(-1, x.shape[-1])                    # (N, in)
     dx = (dout2 @ w.T).reshape(x.shape)                # (N, out) @ (out, in) -> (..., in)
-    dw = x2.T @ dout2                                  # (in, N) @ (N, out) -> (in, out)
+    if w.flags.f_contiguous and not w.flags.c_contiguous:
+        # w is a transposed view (the tied head's wte.T): give dw the same layout, so that adding
+        # it into the gradient of the (out, in) table runs over contiguous memory
+        dw = (dout2.T @ x2).T                          # (out, N) @ (N, in) -> (in, out) view
+    else:
+        dw = x2.T @ dout2                              # (in, N) @ (N, out) -> (in, out)
     db = dout2.sum(axis=0) if has_bias else None       # (out,)
     return dx, dw, db

@@ -1,0 +1,513 @@
+"""Speed and memory against torch eager, same config, same batch, same threads, same machine.
+
+    python benchmarks/compare.py                          # tiny, small, gpt2; writes BENCHMARKS.md
+    python benchmarks/compare.py --configs tiny --repeats 9
+    python benchmarks/compare.py --quick                  # fewer repeats, shorter generation; no file
+
+For each config it measures, ours against torch (torch.set_num_threads(--threads); ours runs
+OpenBLAS and numba with the same number of threads):
+
+  train     one step: forward + loss + backward + grad clip (1.0) + AdamW, on a fixed random batch
+  forward   a forward pass of the same batch to logits (ours: model.eval(); model(idx);
+            torch: under torch.no_grad())
+  generate  200 new tokens, greedy, batch 1, after a 4-token prompt, with the KV cache.
+            Ours: scratchgpt.generate.generate(model, idx, 200, temperature=0.0). Torch: the loop
+            below (torch_generate), written to the same rules: prefill the prompt, then one token
+            per step from the cache while the sequence fits the context; once it is longer than
+            context_length, every step recomputes the last context_length tokens (position
+            embeddings stop there, so the cache cannot slide). Tiny (context 64) spends most of
+            its 200 tokens in that second regime; small and gpt2 stay in the first.
+  rss       peak resident memory (ru_maxrss) of a fresh process that imports only its own side
+            (ours: scratchgpt + numba; torch: torch), builds the model and optimizer, runs 3
+            training steps and one 200-token generation
+  profile   where our training step spends its time: every scratchgpt.ops function the model
+            calls, timed by wrapping it (monkeypatching, in this script only), plus
+            clip_grad_norm and AdamW.step; "other" is the rest of the step (residual adds,
+            gradient accumulation `+=`, zero_grad, ...)
+
+Measurements alternate ours / torch (and swap which goes first every round), so drift in the
+machine's load hits both; each number is the median of --repeats rounds after a warm-up. The
+machine may be shared: the load average is recorded before and after, and ratios (ours / torch,
+> 1 means we are faster) are more trustworthy than the absolute numbers.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+CONFIGS = {   # model config + batch; gpt2 is GPT-2 124M (context 1024, qkv bias) on a 1 x 256 batch
+    "tiny": dict(vocab_size=65, context_length=64, emb_dim=128, n_heads=4, n_layers=4,
+                 batch=32, seq=64),
+    "small": dict(vocab_size=65, context_length=256, emb_dim=384, n_heads=6, n_layers=6,
+                  batch=16, seq=256),
+    "gpt2": dict(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12,
+                 qkv_bias=True, batch=1, seq=256),
+}
+TARGETS = {"tiny": 1.0, "small": 1.0, "gpt2": 0.9}   # ISSUE 8: train tokens/s ratio to reach
+PROMPT_LEN = 4
+
+
+def model_config(cfgd):
+    return {k: v for k, v in cfgd.items() if k not in ("batch", "seq")}
+
+
+def batch(cfgd):
+    import numpy as np
+    r = np.random.default_rng(0)
+    x = r.integers(0, cfgd["vocab_size"], (cfgd["batch"], cfgd["seq"]))
+    y = r.integers(0, cfgd["vocab_size"], x.shape)
+    return x, y
+
+
+# ---------------------------------------------------------------- ours
+class Ours:
+    def __init__(self, cfgd):
+        import scratchgpt as sg
+        self.sg = sg
+        self.model = sg.GPTModel(sg.GPTConfig(**model_config(cfgd)), seed=0)
+        self.opt = sg.AdamW(self.model, lr=1e-4, weight_decay=0.1)
+        self.x, self.y = batch(cfgd)
+        self.prompt = self.x[:1, :PROMPT_LEN]
+
+    def train_step(self):
+        self.model.train()
+        self.model.zero_grad()
+        self.model.loss(self.x, self.y)
+        self.model.backward()
+        self.sg.clip_grad_norm(self.model, 1.0)
+        self.opt.step()
+
+    def forward(self):
+        self.model.eval()
+        self.model(self.x)
+        self.model.train()
+
+    def generate(self, n):
+        from scratchgpt.generate import generate
+        return generate(self.model, self.prompt, n, temperature=0.0)
+
+
+# ---------------------------------------------------------------- torch
+class Torch:
+    def __init__(self, cfgd):
+        import torch
+        import torch.nn as nn
+        sys.path.insert(0, HERE)
+        from torch_gpt import TorchGPT
+        from scratchgpt.model import GPTConfig
+        self.torch = torch
+        cfg = GPTConfig(**model_config(cfgd))
+        torch.manual_seed(0)
+        self.model = TorchGPT(cfg)
+        if cfg.qkv_bias:                 # torch_gpt's c_attn has no bias; GPT-2 124M has one
+            for b in self.model.h:
+                b.c_attn = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=True)
+        self.cfg = cfg
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.1)
+        x, y = batch(cfgd)
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+        self.prompt = self.x[:1, :PROMPT_LEN]
+
+    def train_step(self):
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        self.model(self.x, self.y).backward()
+        self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+
+    def forward(self):
+        with self.torch.no_grad():
+            self.model(self.x)
+
+    def generate(self, n):
+        with self.torch.no_grad():
+            return torch_generate(self.model, self.cfg, self.prompt, n)
+
+
+def torch_forward_cached(model, idx, ks, vs, start):
+    """torch_gpt.TorchGPT's forward for tokens idx (B, Tn) after `start` cached ones; the same
+    explicit attention (no SDPA) as TorchGPT, keys/values written into the preallocated ks/vs."""
+    import torch
+    import torch.nn.functional as F
+    B, Tn = idx.shape
+    x = model.wte(idx) + model.wpe.weight[start:start + Tn]
+    for i, b in enumerate(model.h):
+        a = b.ln_1(x)
+        C = a.shape[-1]
+        H = b.H
+        q, k, v = b.c_attn(a).split(C, dim=2)
+        q, k, v = (t.view(B, Tn, H, C // H).transpose(1, 2) for t in (q, k, v))   # (B, H, Tn, hd)
+        ks[i][:, :, start:start + Tn] = k
+        vs[i][:, :, start:start + Tn] = v
+        K, V = ks[i][:, :, :start + Tn], vs[i][:, :, :start + Tn]
+        s = (q @ K.transpose(-2, -1)) / math.sqrt(C // H)
+        if Tn > 1:                                     # prefill: causal inside the new chunk
+            mask = torch.arange(start + Tn)[None, :] > (start + torch.arange(Tn))[:, None]
+            s = s.masked_fill(mask, float("-inf"))
+        att = torch.softmax(s, dim=-1)
+        x = x + b.c_proj((att @ V).transpose(1, 2).reshape(B, Tn, C))
+        x = x + b.mlp_proj(F.gelu(b.c_fc(b.ln_2(x)), approximate="tanh"))
+    return model.ln_f(x) @ model.wte.weight.T
+
+
+def torch_generate(model, cfg, idx, n):
+    """Greedy decoding with the same window rule as scratchgpt.generate.generate."""
+    import torch
+    ctx, B = cfg.context_length, idx.shape[0]
+    H, hd = cfg.n_heads, cfg.emb_dim // cfg.n_heads
+    ks = vs = None
+    length = 0
+    out = idx
+    for _ in range(n):
+        if ks is None or length < ctx:
+            if ks is None:
+                ks = [torch.zeros(B, H, ctx, hd) for _ in range(cfg.n_layers)]
+                vs = [torch.zeros(B, H, ctx, hd) for _ in range(cfg.n_layers)]
+                chunk = out[:, -ctx:]
+            else:
+                chunk = out[:, -1:]
+            logits = torch_forward_cached(model, chunk, ks, vs, length)
+            length += chunk.shape[1]
+        else:                                          # the window is full: recompute it
+            logits = model(out[:, -ctx:])
+        nxt = logits[:, -1, :].argmax(dim=-1)
+        out = torch.cat([out, nxt[:, None]], dim=1)
+    return out
+
+
+# ---------------------------------------------------------------- timing
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def alternate(fn_ours, fn_torch, repeats, warmup=1):
+    """Median seconds of each, measured in alternating rounds (the first runner swaps each round)."""
+    for _ in range(warmup):
+        fn_ours(), fn_torch()
+    to, tt = [], []
+    for r in range(repeats):
+        if r % 2 == 0:
+            to.append(timed(fn_ours))
+            tt.append(timed(fn_torch))
+        else:
+            tt.append(timed(fn_torch))
+            to.append(timed(fn_ours))
+    return median(to), median(tt)
+
+
+def loadavg():
+    try:
+        return "%.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "n/a"
+
+
+# ---------------------------------------------------------------- per-op profile
+class OpTimer:
+    """Wraps the scratchgpt.ops functions that scratchgpt.model calls with timers (this script only)."""
+
+    def __init__(self):
+        self.t, self.n = {}, {}
+        self.patched = []
+
+    def label(self, name, args):
+        if not name.endswith(("_forward", "_backward")):
+            return name
+        base, kind = name.rsplit("_", 1)        # linear_forward -> linear, forward
+        if base == "linear":                    # tell the linears apart by their weight's shape
+            w = args[1] if kind == "forward" else args[1][1]
+            base = f"linear {w.shape[0]}->{w.shape[1]}"
+        return f"{base} {kind}"
+
+    def wrap(self, module, name):
+        fn = getattr(module, name)
+        timer = self
+
+        def wrapper(*args, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                key = timer.label(name, args)
+                timer.t[key] = timer.t.get(key, 0.0) + time.perf_counter() - t
+                timer.n[key] = timer.n.get(key, 0) + 1
+
+        setattr(module, name, wrapper)
+        self.patched.append((module, name, fn))
+
+    def wrap_method(self, obj, name, key):
+        fn = getattr(obj, name)
+        timer = self
+
+        def wrapper(*args, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                timer.t[key] = timer.t.get(key, 0.0) + time.perf_counter() - t
+                timer.n[key] = timer.n.get(key, 0) + 1
+
+        setattr(obj, name, wrapper)
+        self.patched.append((obj, name, None))
+
+    def restore(self):
+        for module, name, fn in reversed(self.patched):
+            if fn is None:
+                delattr(module, name)       # an instance attribute hid the class's method
+            else:
+                setattr(module, name, fn)
+        self.patched = []
+
+
+def profile_step(cfgd, repeats):
+    """Seconds per step of each op of our training step (median over steps), and the step total."""
+    import scratchgpt
+    import scratchgpt.model as M
+    ours = Ours(cfgd)
+    ours.train_step()                                        # warm-up
+    timer = OpTimer()
+    for name in list(vars(M)):
+        if name.endswith(("_forward", "_backward")) and callable(getattr(M, name)):
+            timer.wrap(M, name)
+    timer.wrap(scratchgpt, "clip_grad_norm")
+    timer.wrap_method(ours.opt, "step", "AdamW step")
+    timer.wrap_method(ours.model, "zero_grad", "zero_grad")
+    per_step, totals = [], []
+    try:
+        for _ in range(repeats):
+            timer.t, timer.n = {}, {}
+            totals.append(timed(ours.train_step))
+            per_step.append(dict(timer.t))
+    finally:
+        timer.restore()
+    keys = sorted({k for d in per_step for k in d})
+    rows = {k: median([d.get(k, 0.0) for d in per_step]) for k in keys}
+    return rows, median(totals)
+
+
+# ---------------------------------------------------------------- peak RSS (child processes)
+def rss_child(side, config, gen_tokens):
+    import resource
+    cfgd = CONFIGS[config]
+    if side == "torch":
+        import torch
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+        runner = Torch(cfgd)
+    else:
+        runner = Ours(cfgd)
+    for _ in range(3):
+        runner.train_step()
+    runner.generate(gen_tokens)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0     # KiB on Linux
+    print(json.dumps({"side": side, "config": config, "torch_imported": "torch" in sys.modules,
+                      "peak_rss_mb": rss_mb}))
+
+
+def measure_rss(config, threads, gen_tokens):
+    out = {}
+    for side in ("ours", "torch"):
+        env = dict(os.environ, BENCH_THREADS=str(threads))
+        r = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child", side, config,
+                            "--gen-tokens", str(gen_tokens)],
+                           capture_output=True, text=True, env=env, cwd=ROOT)
+        if r.returncode:
+            raise RuntimeError(f"rss child {side} {config} failed:\n{r.stderr[-2000:]}")
+        out[side] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+# ---------------------------------------------------------------- report
+def machine_info(threads):
+    import numba
+    import numpy as np
+    import torch
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    blas = "?"
+    try:
+        cfg = np.show_config(mode="dicts")
+        b = cfg["Build Dependencies"]["blas"]
+        blas = f"{b.get('name')} {b.get('version')}"
+    except Exception:
+        pass
+    return (f"{cpu}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, "
+            f"NumPy {np.__version__} ({blas}), numba {numba.__version__} "
+            f"(threading layer {os.environ.get('NUMBA_THREADING_LAYER', 'default')}), "
+            f"torch {torch.__version__}; {threads} threads each")
+
+
+def fmt_rate(x):
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="tiny,small,gpt2")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true",
+                    help="3 repeats, 50 generated tokens, no RSS children; prints, writes no file")
+    ap.add_argument("--only", default="train,forward,generate,rss,profile",
+                    help="comma-separated subset of train,forward,generate,rss,profile")
+    ap.add_argument("--gen-tokens", type=int, default=200)
+    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--rss-child", nargs=2, metavar=("SIDE", "CONFIG"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+
+    if a.rss_child:
+        rss_child(a.rss_child[0], a.rss_child[1], a.gen_tokens)
+        return
+    if a.quick:
+        a.repeats, a.gen_tokens = 3, 50
+        a.only = ",".join(s for s in a.only.split(",") if s != "rss")
+    only = set(a.only.split(","))
+
+    import scratchgpt  # noqa: F401  (sets NUMBA_THREADING_LAYER before numba starts its pool)
+    import torch
+    torch.set_num_threads(a.threads)
+    configs = a.configs.split(",")
+    for c in configs:
+        if c not in CONFIGS:
+            raise SystemExit(f"unknown config {c!r}: choose from {', '.join(CONFIGS)}")
+    info = machine_info(a.threads)
+    load_before = loadavg()
+    print(info)
+    print(f"load average before: {load_before}", flush=True)
+
+    results = {}
+    for name in configs:
+        cfgd = CONFIGS[name]
+        tokens = cfgd["batch"] * cfgd["seq"]
+        res = results[name] = {}
+        ours, theirs = Ours(cfgd), Torch(cfgd)
+        if "train" in only:
+            to, tt = alternate(ours.train_step, theirs.train_step, a.repeats, warmup=2)
+            res["train"] = (tokens / to, tokens / tt)
+            print(f"{name:6} train    ours {tokens / to:10,.0f} tok/s  torch {tokens / tt:10,.0f} tok/s"
+                  f"  {tt / to:5.2f}x   (load {loadavg()})", flush=True)
+        if "forward" in only:
+            to, tt = alternate(ours.forward, theirs.forward, a.repeats, warmup=2)
+            res["forward"] = (tokens / to, tokens / tt)
+            print(f"{name:6} forward  ours {tokens / to:10,.0f} tok/s  torch {tokens / tt:10,.0f} tok/s"
+                  f"  {tt / to:5.2f}x   (load {loadavg()})", flush=True)
+        if "generate" in only:
+            n = a.gen_tokens
+            g_reps = max(3, a.repeats // 2) if name == "gpt2" else a.repeats
+            same = (ours.generate(n)[0, PROMPT_LEN:] == theirs.generate(n)[0, PROMPT_LEN:].numpy()).mean()
+            to, tt = alternate(lambda: ours.generate(n), lambda: theirs.generate(n), g_reps, warmup=0)
+            res["generate"] = (n / to, n / tt)
+            print(f"{name:6} generate ours {n / to:10,.1f} tok/s  torch {n / tt:10,.1f} tok/s"
+                  f"  {tt / to:5.2f}x   (load {loadavg()}; models differ in init, "
+                  f"{same:.0%} tokens agree)", flush=True)
+        del ours, theirs
+        if "profile" in only:
+            rows, total = profile_step(cfgd, a.repeats)
+            res["profile"] = (rows, total)
+            print(f"{name:6} profile: step {1e3 * total:.1f} ms", flush=True)
+            for k, v in sorted(rows.items(), key=lambda kv: -kv[1]):
+                print(f"         {k:34} {1e3 * v:8.2f} ms  {100 * v / total:5.1f}%")
+            print(f"         {'other':34} {1e3 * (total - sum(rows.values())):8.2f} ms")
+        if "rss" in only:
+            r = measure_rss(name, a.threads, a.gen_tokens)
+            res["rss"] = (r["ours"]["peak_rss_mb"], r["torch"]["peak_rss_mb"])
+            print(f"{name:6} peak RSS ours {res['rss'][0]:8.0f} MB  torch {res['rss'][1]:8.0f} MB", flush=True)
+
+    load_after = loadavg()
+    print(f"load average after: {load_after}")
+    if a.quick:
+        return
+    write_report(a, configs, results, info, load_before, load_after)
+    print(f"wrote {a.out}")
+
+
+def write_report(a, configs, results, info, load_before, load_after):
+    L = []
+    L.append("# Benchmarks: scratchgpt against torch eager\n")
+    L.append("Written by `benchmarks/compare.py` (its docstring says exactly what each row measures). "
+             "Ratio = ours / torch in tokens per second (or torch / ours in memory): above 1.00 "
+             "we are faster (or smaller).\n")
+    L.append(f"- Machine: {info}")
+    L.append(f"- Load average (1, 5, 15 min) before: {load_before}; after: {load_after}. "
+             "On a machine shared with other busy processes the absolute numbers move a lot from "
+             "run to run; ours and torch's alternate round by round, so the ratios move less.")
+    L.append(f"- Medians of {a.repeats} rounds; generation: {a.gen_tokens} new tokens, greedy, "
+             f"batch 1, {PROMPT_LEN}-token prompt, KV cache (tiny's context of 64 is full after "
+             "60 tokens; from then on both sides recompute the whole window per token).")
+    L.append(f"- Command: `python benchmarks/compare.py --configs {','.join(configs)} "
+             f"--repeats {a.repeats} --threads {a.threads}`\n")
+    L.append("| config | shape | measure | ours | torch | ratio | target |")
+    L.append("|---|---|---|---:|---:|---:|---|")
+    for name in configs:
+        c, res = CONFIGS[name], results[name]
+        shape = (f"V{c['vocab_size']} L{c['n_layers']} H{c['n_heads']} C{c['emb_dim']} "
+                 f"ctx{c['context_length']}, {c['batch']}x{c['seq']}")
+        for key, unit, target in (("train", "tok/s", TARGETS[name]), ("forward", "tok/s", None),
+                                  ("generate", "tok/s", 1.0)):
+            if key in res:
+                o, t = res[key]
+                ok = "" if target is None else (f"≥ {target:.1f}x " + ("met" if o / t >= target else "missed"))
+                L.append(f"| {name} | {shape} | {key} {unit} | {fmt_rate(o)} | {fmt_rate(t)} | "
+                         f"{o / t:.2f}x | {ok} |")
+        if "rss" in res:
+            o, t = res["rss"]
+            ok = "≤ torch " + ("met" if o <= t else "missed")
+            L.append(f"| {name} | {shape} | peak RSS MB | {o:,.0f} | {t:,.0f} | {t / o:.2f}x | {ok} |")
+    for name in configs:
+        if "profile" not in results[name]:
+            continue
+        rows, total = results[name]["profile"]
+        L.append(f"\n## Where our training step goes: {name} ({1e3 * total:.1f} ms per step)\n")
+        L.append("| op | ms | share |")
+        L.append("|---|---:|---:|")
+        for k, v in sorted(rows.items(), key=lambda kv: -kv[1]):
+            L.append(f"| {k} | {1e3 * v:.2f} | {100 * v / total:.1f}% |")
+        other = total - sum(rows.values())
+        L.append(f"| other (residual adds, gradient `+=`, embeddings, ...) | {1e3 * other:.2f} | "
+                 f"{100 * other / total:.1f}% |")
+    L.append("\n## Rerun\n")
+    L.append("```")
+    L.append("python benchmarks/compare.py                      # all three configs, writes this file")
+    L.append("python benchmarks/compare.py --configs tiny --quick   # a quick look, prints only")
+    L.append("python benchmarks/compare.py --only train,profile --configs small")
+    L.append("SCRATCHGPT_KERNELS=numpy python benchmarks/compare.py --quick   # the reference ops")
+    L.append("```")
+    with open(a.out, "w") as f:
+        f.write("\n".join(L) + "\n")
+
+
+if __name__ == "__main__":
+    threads = "2"
+    for i, arg in enumerate(sys.argv):       # thread pools are sized at import: set them first
+        if arg == "--threads" and i + 1 < len(sys.argv):
+            threads = sys.argv[i + 1]
+        elif arg.startswith("--threads="):
+            threads = arg.split("=", 1)[1]
+    if "--rss-child" in sys.argv:
+        threads = os.environ.get("BENCH_THREADS", threads)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
+    sys.path.insert(0, HERE)
+    sys.path.insert(0, ROOT)
+    main()

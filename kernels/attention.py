@@ -1,0 +1,259 @@
+"""Causal multi-head attention, forward and backward, fused with numba.
+
+The input is c_attn's output as it comes, qkv (B, T, 3C) with C = n_heads * hd: for token t,
+q is qkv[b, t, 0:C], k is qkv[b, t, C:2C], v is qkv[b, t, 2C:3C], head h owning hd
+consecutive features of each. The kernels read q, k and v in place (each head's row of hd
+features is contiguous) and write y (B, T, C) and the gradient dqkv (B, T, 3C) in the same
+layout, so no transposed copies of q, k, v or the gradients are made.
+
+Per (batch, head) pair, in parallel over all B * H pairs:
+
+    forward   s[t, j] = q[t] . k[j] / sqrt(hd)              for keys j <= t only
+              a[t]    = softmax(s[t, 0..t])
+              y[t]    = sum_{j <= t} a[t, j] v[j]
+    backward  da[t, j] = dy[t] . v[j]
+              ds[t, j] = a[t, j] (da[t, j] - sum_k a[t, k] da[t, k])     (softmax backward)
+              dq[t] = sum_{j <= t} ds[t, j] k[j] / sqrt(hd)
+              dk[j] = sum_{t >= j} ds[t, j] q[t] / sqrt(hd)
+              dv[j] = sum_{t >= j} a[t, j] dy[t]
+
+Nothing above the diagonal is computed, stored or read: the batched-matmul formulation
+computes the whole T x T square and masks half of it away. The forward saves the attention
+weights for the backward in a packed lower-triangular layout, (B * H, T (T + 1) / 2): row t
+of a matrix starts at t (t + 1) / 2 and holds its t + 1 weights, half the memory of (T, T).
+
+The backward runs two passes per pair: along rows t (da, ds, dq; ds is written to a packed
+scratch) and then along columns j (dk, dv), so every accumulator is one row of hd values and
+no two iterations add into the same output row.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import KERNEL_OPTIONS, as_float_array
+from ._vmath import exp, fmax
+
+# The shared options plus "contract": a * b + c may become one fused multiply-add. These loops
+# are almost all multiply-adds, and without it LLVM keeps a separate multiply and add (~1.3x slower).
+OPTIONS = dict(KERNEL_OPTIONS, fastmath={"reassoc", "contract"})
+SERIAL_OPTIONS = dict(OPTIONS, parallel=False)
+
+# Below this many multiply-adds per q.k product table (B * H * T (T + 1) / 2 * hd) the kernels
+# run on the calling thread: handing a few microseconds of work to numba's thread pool and
+# waiting for it costs 50-100 us (generation's one-sequence forwards, the tiny model's heads).
+PARALLEL_MIN_WORK = 1 << 20
+
+
+@njit(**SERIAL_OPTIONS)
+def _head_forward(qkv, b, h, n_heads, y, att):
+    """Head h of batch row b: y[b, :, h's features] and its packed weights att (T (T + 1) / 2,)."""
+    T, C = qkv.shape[1], qkv.shape[2] // 3
+    hd = C // n_heads
+    scale = qkv.dtype.type(1.0 / np.sqrt(hd))
+    q, k, _, vT = _gather_head(qkv, b, h, n_heads, scale)   # (T, hd), (T, hd), _, (hd, T)
+    s = np.empty(T, qkv.dtype)
+    for t in range(T):
+        L = t + 1
+        _dots_rows(q[t], k, L, s)                            # s[j] = q[t] . k[j] / sqrt(hd), j <= t
+        m = s[0]
+        for j in range(1, L):
+            m = fmax(m, s[j])
+        for j in range(L):
+            s[j] = exp(s[j] - m)
+        tot = 0.0                                            # float64 accumulator
+        for j in range(L):
+            tot += s[j]
+        inv = qkv.dtype.type(1.0 / tot)
+        off = t * (t + 1) // 2                               # row t of the packed weights
+        for j in range(L):
+            s[j] *= inv
+            att[off + j] = s[j]
+        _dots_cols(s, vT, L, y[b, t, h * hd:(h + 1) * hd])   # y[t, d] = sum_j a[t, j] v[j, d]
+
+
+@njit(**OPTIONS)
+def _attention_forward(qkv, n_heads, y, att):
+    for n in prange(att.shape[0]):                           # every (batch row, head) pair
+        _head_forward(qkv, n // n_heads, n % n_heads, n_heads, y, att[n])
+
+
+@njit(**SERIAL_OPTIONS)
+def _attention_forward_serial(qkv, n_heads, y, att):
+    for n in range(att.shape[0]):
+        _head_forward(qkv, n // n_heads, n % n_heads, n_heads, y, att[n])
+
+
+def causal_attention_forward(qkv, n_heads, out=None, att_out=None):
+    """Causal self-attention of fused projections qkv (B, T, 3C) -> (y (B, T, C), att).
+
+    att (B * n_heads, T (T + 1) / 2) holds the softmax weights, packed lower-triangular, for
+    causal_attention_backward. out / att_out: optional arrays of those shapes and qkv's dtype
+    to write y / att into (buffers reused across steps).
+    """
+    qkv = as_float_array(qkv, "qkv", ndim=3)
+    B, T, C3 = qkv.shape
+    _check_heads(C3, n_heads)
+    y = _output(out, (B, T, C3 // 3), qkv.dtype, "out")
+    att = _output(att_out, (B * n_heads, T * (T + 1) // 2), qkv.dtype, "att_out")
+    if y.size:
+        parallel = att.size * (C3 // 3 // n_heads) >= PARALLEL_MIN_WORK
+        (_attention_forward if parallel else _attention_forward_serial)(qkv, n_heads, y, att)
+    return y, att
+
+
+@njit(**SERIAL_OPTIONS)
+def _head_backward(dy, qkv, att, b, h, n_heads, dqkv):
+    """Head h of batch row b: its q, k and v features of dqkv, from dy and its packed weights att."""
+    T, C = qkv.shape[1], qkv.shape[2] // 3
+    hd = C // n_heads
+    scale = qkv.dtype.type(1.0 / np.sqrt(hd))
+    q, k, v, _ = _gather_head(qkv, b, h, n_heads, qkv.dtype.type(1.0))
+    qT, kT, g = q.T.copy(), k.T.copy(), dy[b, :, h * hd:(h + 1) * hd].copy()   # (hd, T), (hd, T), (T, hd)
+    gT = g.T.copy()                                          # (hd, T)
+    # ds and a by columns, packed: column j holds rows t = j..T-1, from j T - j (j - 1) / 2 on
+    dsT = np.empty(T * (T + 1) // 2, qkv.dtype)
+    aT = np.empty(T * (T + 1) // 2, qkv.dtype)
+    s = np.empty(T, qkv.dtype)
+    # pass 1, along rows t: da, ds and dq
+    for t in range(T):
+        L = t + 1
+        a = att[t * (t + 1) // 2:t * (t + 1) // 2 + L]
+        _dots_rows(g[t], v, L, s)                            # s[j] = da[t, j] = dy[t] . v[j]
+        tot = 0.0                                            # sum_k a[t, k] da[t, k], float64
+        for j in range(L):
+            tot += a[j] * s[j]
+        c = qkv.dtype.type(tot)
+        for j in range(L):
+            s[j] = a[j] * (s[j] - c) * scale                 # ds, with the 1/sqrt(hd) folded in
+            i = j * T - j * (j - 1) // 2 + (t - j)           # (t, j) in the column-packed layout
+            dsT[i] = s[j]
+            aT[i] = a[j]
+        _dots_cols(s, kT, L, dqkv[b, t, h * hd:(h + 1) * hd])         # dq[t] = sum_j ds[t, j] k[j]
+    # pass 2, along columns j: dk and dv, sums over the rows t >= j
+    for j in range(T):
+        c0 = j * T - j * (j - 1) // 2
+        L = T - j
+        _dots_cols(dsT[c0:c0 + L], qT[:, j:], L, dqkv[b, j, C + h * hd:C + (h + 1) * hd])
+        _dots_cols(aT[c0:c0 + L], gT[:, j:], L, dqkv[b, j, 2 * C + h * hd:2 * C + (h + 1) * hd])
+
+
+@njit(**OPTIONS)
+def _attention_backward(dy, qkv, att, n_heads, dqkv):
+    for n in prange(att.shape[0]):
+        _head_backward(dy, qkv, att[n], n // n_heads, n % n_heads, n_heads, dqkv)
+
+
+@njit(**SERIAL_OPTIONS)
+def _attention_backward_serial(dy, qkv, att, n_heads, dqkv):
+    for n in range(att.shape[0]):
+        _head_backward(dy, qkv, att[n], n // n_heads, n % n_heads, n_heads, dqkv)
+
+
+@njit(inline="always", fastmath={"reassoc", "contract"}, error_model="numpy")
+def _gather_head(qkv, b, h, n_heads, q_scale):
+    """Head h of batch row b as contiguous arrays: q * q_scale, k, v (T, hd) and v^T (hd, T)."""
+    T, C = qkv.shape[1], qkv.shape[2] // 3
+    hd = C // n_heads
+    q = np.empty((T, hd), qkv.dtype)
+    k = np.empty((T, hd), qkv.dtype)
+    v = np.empty((T, hd), qkv.dtype)
+    for t in range(T):
+        for d in range(hd):
+            q[t, d] = qkv[b, t, h * hd + d] * q_scale
+            k[t, d] = qkv[b, t, C + h * hd + d]
+            v[t, d] = qkv[b, t, 2 * C + h * hd + d]
+    return q, k, v, v.T.copy()
+
+
+# The two products below are written as dot products along a contiguous axis, four at a time:
+# LLVM keeps each running sum in a SIMD register (a vectorized reduction), where a loop that
+# adds a scaled row into an output row would load and store that row for every term.
+
+@njit(inline="always", fastmath={"reassoc", "contract"}, error_model="numpy")
+def _dots_rows(x, M, L, out):
+    """out[j] = x . M[j] for rows j < L of M (R, D)."""
+    D = x.shape[0]
+    zero = x.dtype.type(0.0)
+    j = 0
+    while j + 4 <= L:
+        m0, m1, m2, m3 = M[j], M[j + 1], M[j + 2], M[j + 3]
+        s0 = s1 = s2 = s3 = zero
+        for d in range(D):
+            xd = x[d]
+            s0 += xd * m0[d]
+            s1 += xd * m1[d]
+            s2 += xd * m2[d]
+            s3 += xd * m3[d]
+        out[j], out[j + 1], out[j + 2], out[j + 3] = s0, s1, s2, s3
+        j += 4
+    while j < L:
+        mj = M[j]
+        s0 = zero
+        for d in range(D):
+            s0 += x[d] * mj[d]
+        out[j] = s0
+        j += 1
+
+
+@njit(inline="always", fastmath={"reassoc", "contract"}, error_model="numpy")
+def _dots_cols(w, MT, L, out):
+    """out[d] = sum_{j < L} w[j] MT[d, j], i.e. w[:L] @ M[:L] with M given transposed, MT (D, R)."""
+    D = MT.shape[0]
+    zero = w.dtype.type(0.0)
+    d = 0
+    while d + 4 <= D:
+        r0, r1, r2, r3 = MT[d], MT[d + 1], MT[d + 2], MT[d + 3]
+        a0 = a1 = a2 = a3 = zero
+        for j in range(L):
+            wj = w[j]
+            a0 += wj * r0[j]
+            a1 += wj * r1[j]
+            a2 += wj * r2[j]
+            a3 += wj * r3[j]
+        out[d], out[d + 1], out[d + 2], out[d + 3] = a0, a1, a2, a3
+        d += 4
+    while d < D:
+        rd = MT[d]
+        a0 = zero
+        for j in range(L):
+            a0 += w[j] * rd[j]
+        out[d] = a0
+        d += 1
+
+
+def causal_attention_backward(dy, qkv, att, n_heads, out=None):
+    """Gradient of causal_attention_forward: dy (B, T, C), qkv, att -> dqkv (B, T, 3C).
+
+    out: an optional (B, T, 3C) array of qkv's dtype to write dqkv into.
+    """
+    qkv = as_float_array(qkv, "qkv", ndim=3)
+    dy = as_float_array(dy, "dy", ndim=3)
+    att = as_float_array(att, "att", ndim=2)
+    B, T, C3 = qkv.shape
+    _check_heads(C3, n_heads)
+    if dy.shape != (B, T, C3 // 3) or dy.dtype != qkv.dtype:
+        raise ValueError(f"dy must be a {qkv.dtype} array of shape {(B, T, C3 // 3)} for qkv of "
+                         f"shape {qkv.shape}, got {dy.dtype} {dy.shape}")
+    if att.shape != (B * n_heads, T * (T + 1) // 2) or att.dtype != qkv.dtype:
+        raise ValueError(f"att must be a {qkv.dtype} array of shape {(B * n_heads, T * (T + 1) // 2)} "
+                         f"(packed weights from causal_attention_forward), got {att.dtype} {att.shape}")
+    dqkv = _output(out, qkv.shape, qkv.dtype, "out")
+    if dqkv.size:
+        parallel = att.size * (C3 // 3 // n_heads) >= PARALLEL_MIN_WORK
+        (_attention_backward if parallel else _attention_backward_serial)(dy, qkv, att, n_heads, dqkv)
+    return dqkv
+
+
+def _check_heads(C3, n_heads):
+    if C3 % 3 or (C3 // 3) % n_heads:
+        raise ValueError(f"qkv's last axis ({C3}) must be 3 * n_heads * head_dim with n_heads = {n_heads}")
+
+
+def _output(out, shape, dtype, name):
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"{name} must be a writeable C-contiguous {np.dtype(dtype)} array of shape "
+                         f"{shape}, got {getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    return out

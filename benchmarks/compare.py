@@ -17,7 +17,7 @@ OpenBLAS and numba with the same number of threads):
             context_length, every step recomputes the last context_length tokens (position
             embeddings stop there, so the cache cannot slide). Tiny (context 64) spends most of
             its 200 tokens in that second regime; small and gpt2 stay in the first.
-  rss       peak resident memory (ru_maxrss) of a fresh process that imports only its own side
+  rss       peak resident memory (VmHWM, see peak_rss_mb) of a fresh process that imports only its own side
             (ours: scratchgpt + numba; torch: torch), builds the model and optimizer, runs 3
             training steps and one 200-token generation
   profile   where our training step spends its time: every scratchgpt.ops function the model
@@ -301,27 +301,40 @@ def profile_step(cfgd, repeats):
 
 
 # ---------------------------------------------------------------- peak RSS (child processes)
-def rss_child(side, config, gen_tokens):
+def peak_rss_mb():
+    """This process's peak resident memory: VmHWM, the high-water mark of its own address space.
+    (getrusage's ru_maxrss would do on its own, but on Linux it survives exec: a child started
+    from a large parent reports at least the parent's peak.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0     # KiB on Linux
+
+
+def rss_child(side, config, gen_tokens):
     cfgd = CONFIGS[config]
     if side == "torch":
         import torch
-        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         runner = Torch(cfgd)
     else:
         runner = Ours(cfgd)
     for _ in range(3):
         runner.train_step()
     runner.generate(gen_tokens)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0     # KiB on Linux
     print(json.dumps({"side": side, "config": config, "torch_imported": "torch" in sys.modules,
-                      "peak_rss_mb": rss_mb}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def measure_rss(config, threads, gen_tokens):
     out = {}
     for side in ("ours", "torch"):
-        env = dict(os.environ, BENCH_THREADS=str(threads))
+        env = thread_env(threads)
         r = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child", side, config,
                             "--gen-tokens", str(gen_tokens)],
                            capture_output=True, text=True, env=env, cwd=ROOT)
@@ -362,65 +375,33 @@ def fmt_rate(x):
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="tiny,small,gpt2")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true",
-                    help="3 repeats, 50 generated tokens, no RSS children; prints, writes no file")
-    ap.add_argument("--only", default="train,forward,generate,rss,profile",
-                    help="comma-separated subset of train,forward,generate,rss,profile")
-    ap.add_argument("--gen-tokens", type=int, default=200)
-    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
-    ap.add_argument("--rss-child", nargs=2, metavar=("SIDE", "CONFIG"), help=argparse.SUPPRESS)
-    a = ap.parse_args()
-
-    if a.rss_child:
-        rss_child(a.rss_child[0], a.rss_child[1], a.gen_tokens)
-        return
-    if a.quick:
-        a.repeats, a.gen_tokens = 3, 50
-        a.only = ",".join(s for s in a.only.split(",") if s != "rss")
-    only = set(a.only.split(","))
-
+def measure(a):
+    """Every measurement at one thread count (this process's); returns a JSON-able dict."""
     import scratchgpt  # noqa: F401  (sets NUMBA_THREADING_LAYER before numba starts its pool)
     import torch
     torch.set_num_threads(a.threads)
-    configs = a.configs.split(",")
-    for c in configs:
-        if c not in CONFIGS:
-            raise SystemExit(f"unknown config {c!r}: choose from {', '.join(CONFIGS)}")
+    only = set(a.only.split(","))
     info = machine_info(a.threads)
     load_before = loadavg()
-    print(info)
+    print(f"--- {a.threads} thread(s): {info}")
     print(f"load average before: {load_before}", flush=True)
-
     results = {}
-    for name in configs:
+    for name in a.configs.split(","):
         cfgd = CONFIGS[name]
         tokens = cfgd["batch"] * cfgd["seq"]
         res = results[name] = {}
         ours, theirs = Ours(cfgd), Torch(cfgd)
-        if "train" in only:
-            to, tt = alternate(ours.train_step, theirs.train_step, a.repeats, warmup=2)
-            res["train"] = (tokens / to, tokens / tt)
-            print(f"{name:6} train    ours {tokens / to:10,.0f} tok/s  torch {tokens / tt:10,.0f} tok/s"
+        for key, fo, ft, n, reps, warm in (
+                ("train", ours.train_step, theirs.train_step, tokens, a.repeats, 2),
+                ("forward", ours.forward, theirs.forward, tokens, a.repeats, 2),
+                ("generate", lambda: ours.generate(a.gen_tokens), lambda: theirs.generate(a.gen_tokens),
+                 a.gen_tokens, max(3, a.repeats // 2) if name == "gpt2" else a.repeats, 1)):
+            if key not in only:
+                continue
+            to, tt = alternate(fo, ft, reps, warmup=warm)
+            res[key] = (n / to, n / tt)
+            print(f"{name:6} {key:8} ours {fmt_rate(n / to):>10} tok/s  torch {fmt_rate(n / tt):>10} tok/s"
                   f"  {tt / to:5.2f}x   (load {loadavg()})", flush=True)
-        if "forward" in only:
-            to, tt = alternate(ours.forward, theirs.forward, a.repeats, warmup=2)
-            res["forward"] = (tokens / to, tokens / tt)
-            print(f"{name:6} forward  ours {tokens / to:10,.0f} tok/s  torch {tokens / tt:10,.0f} tok/s"
-                  f"  {tt / to:5.2f}x   (load {loadavg()})", flush=True)
-        if "generate" in only:
-            n = a.gen_tokens
-            g_reps = max(3, a.repeats // 2) if name == "gpt2" else a.repeats
-            same = (ours.generate(n)[0, PROMPT_LEN:] == theirs.generate(n)[0, PROMPT_LEN:].numpy()).mean()
-            to, tt = alternate(lambda: ours.generate(n), lambda: theirs.generate(n), g_reps, warmup=0)
-            res["generate"] = (n / to, n / tt)
-            print(f"{name:6} generate ours {n / to:10,.1f} tok/s  torch {n / tt:10,.1f} tok/s"
-                  f"  {tt / to:5.2f}x   (load {loadavg()}; models differ in init, "
-                  f"{same:.0%} tokens agree)", flush=True)
         del ours, theirs
         if "profile" in only:
             rows, total = profile_step(cfgd, a.repeats)
@@ -433,81 +414,133 @@ def main():
             r = measure_rss(name, a.threads, a.gen_tokens)
             res["rss"] = (r["ours"]["peak_rss_mb"], r["torch"]["peak_rss_mb"])
             print(f"{name:6} peak RSS ours {res['rss'][0]:8.0f} MB  torch {res['rss'][1]:8.0f} MB", flush=True)
-
     load_after = loadavg()
-    print(f"load average after: {load_after}")
+    print(f"load average after: {load_after}", flush=True)
+    return {"threads": a.threads, "info": info, "load_before": load_before,
+            "load_after": load_after, "results": results}
+
+
+def thread_env(threads):
+    """Thread pools are sized when their libraries load, so each thread count runs in a fresh process."""
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="tiny,small,gpt2")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", default="2",
+                    help="thread count for both sides, or a comma-separated list (one table each)")
+    ap.add_argument("--quick", action="store_true",
+                    help="3 repeats, 50 generated tokens, no RSS children; prints, writes no file")
+    ap.add_argument("--only", default="train,forward,generate,rss,profile",
+                    help="comma-separated subset of train,forward,generate,rss,profile")
+    ap.add_argument("--gen-tokens", type=int, default=200)
+    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--rss-child", nargs=2, metavar=("SIDE", "CONFIG"), help=argparse.SUPPRESS)
+    ap.add_argument("--json", help=argparse.SUPPRESS)      # a child: measure, write results here
+    a = ap.parse_args()
+
+    if a.rss_child:
+        rss_child(a.rss_child[0], a.rss_child[1], a.gen_tokens)
+        return
+    if a.quick:
+        a.repeats, a.gen_tokens = 3, 50
+        a.only = ",".join(s for s in a.only.split(",") if s != "rss")
+    for c in a.configs.split(","):
+        if c not in CONFIGS:
+            raise SystemExit(f"unknown config {c!r}: choose from {', '.join(CONFIGS)}")
+    if a.json:
+        a.threads = int(a.threads)
+        with open(a.json, "w") as f:
+            json.dump(measure(a), f)
+        return
+
+    runs = []
+    for t in [int(x) for x in a.threads.split(",")]:
+        path = os.path.join(ROOT, f".compare-{os.getpid()}-{t}.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--configs", a.configs, "--repeats",
+               str(a.repeats), "--threads", str(t), "--only", a.only, "--gen-tokens", str(a.gen_tokens),
+               "--json", path]
+        try:
+            subprocess.run(cmd, env=thread_env(t), check=True, cwd=ROOT)
+            with open(path) as f:
+                runs.append(json.load(f))
+        finally:
+            if os.path.exists(path):
+                os.remove(path)
     if a.quick:
         return
-    write_report(a, configs, results, info, load_before, load_after)
+    write_report(a, runs)
     print(f"wrote {a.out}")
 
 
-def write_report(a, configs, results, info, load_before, load_after):
-    L = []
-    L.append("# Benchmarks: scratchgpt against torch eager\n")
-    L.append("Written by `benchmarks/compare.py` (its docstring says exactly what each row measures). "
-             "Ratio = ours / torch in tokens per second (or torch / ours in memory): above 1.00 "
-             "we are faster (or smaller).\n")
-    L.append(f"- Machine: {info}")
-    L.append(f"- Load average (1, 5, 15 min) before: {load_before}; after: {load_after}. "
-             "On a machine shared with other busy processes the absolute numbers move a lot from "
-             "run to run; ours and torch's alternate round by round, so the ratios move less.")
-    L.append(f"- Medians of {a.repeats} rounds; generation: {a.gen_tokens} new tokens, greedy, "
-             f"batch 1, {PROMPT_LEN}-token prompt, KV cache (tiny's context of 64 is full after "
-             "60 tokens; from then on both sides recompute the whole window per token).")
-    L.append(f"- Command: `python benchmarks/compare.py --configs {','.join(configs)} "
-             f"--repeats {a.repeats} --threads {a.threads}`\n")
-    L.append("| config | shape | measure | ours | torch | ratio | target |")
-    L.append("|---|---|---|---:|---:|---:|---|")
-    for name in configs:
-        c, res = CONFIGS[name], results[name]
-        shape = (f"V{c['vocab_size']} L{c['n_layers']} H{c['n_heads']} C{c['emb_dim']} "
-                 f"ctx{c['context_length']}, {c['batch']}x{c['seq']}")
-        for key, unit, target in (("train", "tok/s", TARGETS[name]), ("forward", "tok/s", None),
-                                  ("generate", "tok/s", 1.0)):
-            if key in res:
-                o, t = res[key]
-                ok = "" if target is None else (f"≥ {target:.1f}x " + ("met" if o / t >= target else "missed"))
-                L.append(f"| {name} | {shape} | {key} {unit} | {fmt_rate(o)} | {fmt_rate(t)} | "
-                         f"{o / t:.2f}x | {ok} |")
-        if "rss" in res:
-            o, t = res["rss"]
-            ok = "≤ torch " + ("met" if o <= t else "missed")
-            L.append(f"| {name} | {shape} | peak RSS MB | {o:,.0f} | {t:,.0f} | {t / o:.2f}x | {ok} |")
-    for name in configs:
-        if "profile" not in results[name]:
-            continue
-        rows, total = results[name]["profile"]
-        L.append(f"\n## Where our training step goes: {name} ({1e3 * total:.1f} ms per step)\n")
-        L.append("| op | ms | share |")
-        L.append("|---|---:|---:|")
-        for k, v in sorted(rows.items(), key=lambda kv: -kv[1]):
-            L.append(f"| {k} | {1e3 * v:.2f} | {100 * v / total:.1f}% |")
-        other = total - sum(rows.values())
-        L.append(f"| other (residual adds, gradient `+=`, embeddings, ...) | {1e3 * other:.2f} | "
-                 f"{100 * other / total:.1f}% |")
-    L.append("\n## Rerun\n")
-    L.append("```")
-    L.append("python benchmarks/compare.py                      # all three configs, writes this file")
-    L.append("python benchmarks/compare.py --configs tiny --quick   # a quick look, prints only")
-    L.append("python benchmarks/compare.py --only train,profile --configs small")
-    L.append("SCRATCHGPT_KERNELS=numpy python benchmarks/compare.py --quick   # the reference ops")
-    L.append("```")
+def write_report(a, runs):
+    configs = a.configs.split(",")
+    L = ["# Benchmarks: scratchgpt against torch eager\n",
+         "Written by `benchmarks/compare.py`; its docstring says exactly what each row measures. "
+         "Ratio = ours / torch in tokens per second (torch / ours for memory): above 1.00 we are "
+         "faster (or smaller). Targets are ISSUE 8's, at 2 threads.\n",
+         f"- Machine: {runs[0]['info'].rsplit(';', 1)[0]}",
+         f"- Medians of {a.repeats} alternating rounds (ours, torch; the first runner swaps each "
+         f"round); generation: {a.gen_tokens} new tokens, greedy, batch 1, {PROMPT_LEN}-token "
+         "prompt, KV cache. Tiny's context of 64 is full after 60 tokens: from then on both sides "
+         "recompute the last 64 tokens for each new one (position embeddings stop there).",
+         f"- Command: `python benchmarks/compare.py --configs {a.configs} --repeats {a.repeats} "
+         f"--threads {a.threads}`",
+         "- The load average (1, 5, 15 min) is the machine's, including other processes. With more "
+         "runnable threads than cores, every multi-threaded BLAS call (OpenBLAS for us, MKL/OpenMP "
+         "for torch) waits at its barriers for a descheduled thread, and 2-thread timings of both "
+         "sides swing by several times; the 1-thread table, where present, is the steadier comparison."]
+    for run in runs:
+        t = run["threads"]
+        L.append(f"\n## {t} thread{'s' if t > 1 else ''} each "
+                 f"(load before {run['load_before']}, after {run['load_after']})\n")
+        L.append("| config | shape | measure | ours | torch | ratio | target (2 threads) |")
+        L.append("|---|---|---|---:|---:|---:|---|")
+        for name in configs:
+            c, res = CONFIGS[name], run["results"][name]
+            shape = (f"V{c['vocab_size']} L{c['n_layers']} H{c['n_heads']} C{c['emb_dim']} "
+                     f"ctx{c['context_length']}, {c['batch']}x{c['seq']}")
+            for key, target in (("train", TARGETS[name]), ("forward", None), ("generate", 1.0)):
+                if key in res:
+                    o, tr = res[key]
+                    ok = "" if target is None or t != 2 else (
+                        f"≥ {target:.1f}x: " + ("met" if o / tr >= target else "missed"))
+                    L.append(f"| {name} | {shape} | {key} tok/s | {fmt_rate(o)} | {fmt_rate(tr)} | "
+                             f"{o / tr:.2f}x | {ok} |")
+            if "rss" in res:
+                o, tr = res["rss"]
+                ok = "" if t != 2 else "≤ torch: " + ("met" if o <= tr else "missed")
+                L.append(f"| {name} | {shape} | peak RSS MB | {o:,.0f} | {tr:,.0f} | {tr / o:.2f}x | {ok} |")
+        for name in configs:
+            if "profile" not in run["results"][name]:
+                continue
+            rows, total = run["results"][name]["profile"]
+            L.append(f"\n### Where our training step goes: {name}, {t} thread{'s' if t > 1 else ''} "
+                     f"({1e3 * total:.1f} ms per step)\n")
+            L.append("| op | ms per step | share |")
+            L.append("|---|---:|---:|")
+            for k, v in sorted(rows.items(), key=lambda kv: -kv[1]):
+                if v >= 0.0005 * total:
+                    L.append(f"| {k} | {1e3 * v:.2f} | {100 * v / total:.1f}% |")
+            other = total - sum(rows.values())
+            L.append(f"| other (residual adds, gradient `+=`, ...; medians do not add up exactly) | "
+                     f"{1e3 * other:.2f} | {100 * other / total:.1f}% |")
+    L += ["\n## Rerun\n", "```",
+          "python benchmarks/compare.py --threads 2,1             # all three configs, writes this file",
+          "python benchmarks/compare.py --configs tiny --quick     # a quick look, prints only",
+          "python benchmarks/compare.py --only train,profile --configs small --quick",
+          "SCRATCHGPT_KERNELS=numpy python benchmarks/compare.py --quick   # the reference array code",
+          "```"]
     with open(a.out, "w") as f:
         f.write("\n".join(L) + "\n")
 
 
 if __name__ == "__main__":
-    threads = "2"
-    for i, arg in enumerate(sys.argv):       # thread pools are sized at import: set them first
-        if arg == "--threads" and i + 1 < len(sys.argv):
-            threads = sys.argv[i + 1]
-        elif arg.startswith("--threads="):
-            threads = arg.split("=", 1)[1]
-    if "--rss-child" in sys.argv:
-        threads = os.environ.get("BENCH_THREADS", threads)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, threads)
     sys.path.insert(0, HERE)
     sys.path.insert(0, ROOT)
     main()

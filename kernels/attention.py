@@ -2,9 +2,10 @@
 
 The input is c_attn's output as it comes, qkv (B, T, 3C) with C = n_heads * hd: for token t,
 q is qkv[b, t, 0:C], k is qkv[b, t, C:2C], v is qkv[b, t, 2C:3C], head h owning hd
-consecutive features of each. The kernels read q, k and v in place (each head's row of hd
-features is contiguous) and write y (B, T, C) and the gradient dqkv (B, T, 3C) in the same
-layout, so no transposed copies of q, k, v or the gradients are made.
+consecutive features of each. The kernels write y (B, T, C) and the gradient dqkv (B, T, 3C) in
+the same layout, so the (B, H, T, hd) transposes and the stack of dq, dk, dv that the array code
+needs are never made; each head's q, k, v (T x hd, a few tens of KB) are copied into
+contiguous scratch, transposed where a product runs along the keys.
 
 Per (batch, head) pair, in parallel over all B * H pairs:
 
@@ -22,9 +23,14 @@ computes the whole T x T square and masks half of it away. The forward saves the
 weights for the backward in a packed lower-triangular layout, (B * H, T (T + 1) / 2): row t
 of a matrix starts at t (t + 1) / 2 and holds its t + 1 weights, half the memory of (T, T).
 
-The backward runs two passes per pair: along rows t (da, ds, dq; ds is written to a packed
-scratch) and then along columns j (dk, dv), so every accumulator is one row of hd values and
-no two iterations add into the same output row.
+The backward runs two passes per pair: along rows t (da, ds, dq; ds and a are also written
+column by column into packed scratch) and then along columns j (dk, dv). Every product is
+written as dot products along a contiguous axis (_dots_rows, _dots_cols), so each running sum
+stays in a SIMD register, and no two iterations add into the same output row.
+
+Speed (one core, float32, the "small" model's 96 heads of 256 x 64): ~25 GFLOP/s counted on the
+causal half, about what OpenBLAS reaches on the full square; the gain is in skipping the masked
+half, the temporaries and the per-head GEMM calls, whose thread hand-offs stall on a busy machine.
 """
 
 import numpy as np

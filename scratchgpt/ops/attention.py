@@ -6,8 +6,8 @@
     out = y @ W_proj + b_proj                  c_proj
 
 With the numba kernels on and no dropout, attention_forward/backward hand the whole core to
-one fused kernel (kernels/attention.py): it reads q, k, v straight out of qkv, computes only
-the causal half of the scores and keeps the weights packed; the array code below is the
+one fused kernel (kernels/attention.py): it takes qkv as c_attn made it, computes only the
+causal half of the scores and keeps the weights packed; the array code below is the
 reference it is tested against.
 """
 import math

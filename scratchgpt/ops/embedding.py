@@ -7,14 +7,21 @@ def embedding_forward(ids, weight):
     return weight[ids], (ids, weight.shape)
 
 
-def embedding_backward(dout, cache):
+def embedding_backward(dout, cache, out=None):
     """dweight[v] = sum of dout[b, t] over every (b, t) with ids[b, t] == v.
 
     A token id that appears several times collects the gradient of every appearance,
     so this is a scatter-*add*, not an assignment.
+    out: an optional (V, C) array, e.g. the model's gradient of the table, to add into (and
+    return) instead of a new zero table: only the rows of the ids are touched.
     """
     ids, shape = cache
     xp = array_module(dout)
+    if out is not None:
+        if tuple(out.shape) != tuple(shape):
+            raise ValueError(f"out has shape {tuple(out.shape)}, the embedding table is {tuple(shape)}")
+        _scatter_add(out, ids.reshape(-1), dout.reshape(-1, shape[1]))
+        return out
     dweight = xp.zeros(shape, dtype=dout.dtype)                 # (V, C)
     _scatter_add(dweight, ids.reshape(-1), dout.reshape(-1, shape[1]))
     return dweight

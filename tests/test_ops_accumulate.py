@@ -1,0 +1,49 @@
+"""The accumulating forms of two backward ops: linear_backward(..., dw_out=G) adds dW into G and
+embedding_backward(..., out=G) adds dweight into G, each equal to G + the returned gradient."""
+
+import numpy as np
+import pytest
+
+from scratchgpt import ops
+
+DTYPES = [np.float64, np.float32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("block", [1 << 21, 7])               # one block, and many small ones
+def test_linear_backward_adds_dw_into_dw_out(dtype, transposed, block, monkeypatch):
+    r = np.random.default_rng(0)
+    x = r.standard_normal((2, 5, 6)).astype(dtype)
+    dout = r.standard_normal((2, 5, 9)).astype(dtype)
+    table = r.standard_normal((9, 6)).astype(dtype)
+    w = table.T if transposed else r.standard_normal((6, 9)).astype(dtype)   # the tied head: wte.T
+    _, cache = ops.linear_forward(x, w)
+    dx, dw, _ = ops.linear_backward(dout, cache)
+    g0 = r.standard_normal((9, 6) if transposed else (6, 9)).astype(dtype)
+    g = g0.copy()
+    target = g.T if transposed else g
+    monkeypatch.setattr(ops.linear._add_xt_dout, "__defaults__", (block,))
+    dx2, dw2, _ = ops.linear_backward(dout, cache, dw_out=target)
+    assert dw2 is target
+    np.testing.assert_array_equal(dx2, dx)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(target, (g0.T if transposed else g0) + dw, rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="dw_out has shape"):
+        ops.linear_backward(dout, cache, dw_out=np.zeros((6, 8), dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embedding_backward_adds_into_out(dtype):
+    r = np.random.default_rng(0)
+    ids = np.array([[1, 3, 1], [0, 3, 3]])
+    dout = r.standard_normal((2, 3, 4)).astype(dtype)
+    _, cache = ops.embedding_forward(ids, np.zeros((5, 4), dtype))
+    dw = ops.embedding_backward(dout, cache)
+    g0 = r.standard_normal((5, 4)).astype(dtype)
+    g = g0.copy()
+    assert ops.embedding_backward(dout, cache, out=g) is g
+    np.testing.assert_allclose(g, g0 + dw, rtol=1e-6)
+    np.testing.assert_array_equal(g[[2, 4]], g0[[2, 4]])        # rows of unseen ids untouched
+    with pytest.raises(ValueError, match="out has shape"):
+        ops.embedding_backward(dout, cache, out=np.zeros((4, 4), dtype))

@@ -8,7 +8,7 @@ from scratchgpt import backend
 from scratchgpt.gpt2 import load_gpt2, save_gpt2
 from scratchgpt.model import (GELU, FeedForward, GPTConfig, GPTModel, LayerNorm,
                               MultiHeadAttention, TransformerBlock)
-from scratchgpt.optim import SGD, AdamW, clip_grad_norm
+from scratchgpt.optim import SGD, AdamW, TrainableParams, clip_grad_norm
 from scratchgpt.tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_dict
 
 __version__ = "0.1.0"

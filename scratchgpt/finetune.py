@@ -29,8 +29,9 @@ Chapter 7, instruction following:
     after the first <|endoftext|>, so the loss is the response's alone.
 
 Frozen parameters: the model computes no gradient for them (GPTModel.set_trainable), and
-`TrainableParams` hands AdamW only the trainable ones, packed into a buffer of their own: a
-frozen weight is never updated nor decayed, and AdamW keeps moments only for what trains.
+`scratchgpt.optim.TrainableParams` hands AdamW only the trainable ones, packed into a buffer of
+their own: a frozen weight is never updated nor decayed, and AdamW keeps moments only for what
+trains (AdamW(model) on a model with frozen parameters raises a ValueError saying so).
 """
 import csv
 import dataclasses
@@ -47,54 +48,14 @@ import numpy
 from scratchgpt import backend, checkpoint
 from scratchgpt.backend import array_module
 from scratchgpt.ops import cross_entropy_backward, cross_entropy_forward
-from scratchgpt.optim import AdamW, clip_grad_norm
+from scratchgpt.optim import AdamW, TrainableParams
 
 IGNORE_INDEX = -100
 BASE_DIR = os.path.join("out", "finetune-base")   # where pretrain_base's model is kept by default
 CHAR_PAD_ID = 0       # a character tokenizer has no <|endoftext|>; any id works (see above)
 
 
-# ---- training only what is trainable -----------------------------------------------------
-class TrainableParams:
-    """The model's trainable parameters packed into one flat buffer of their own (2-D weights
-    first), with the interface AdamW and clip_grad_norm use: flat_params, flat_grads, n_decay.
-
-        params = TrainableParams(model)
-        opt = AdamW(params, lr=5e-5, weight_decay=0.1)
-        ... model.backward(); params.step(opt)      # gradients in, AdamW, new values out
-
-    Copying the trainable entries in and out costs O(trainable) per step, far less than an
-    AdamW pass over a mostly frozen 124M buffer, and leaves frozen weights bit-identical.
-    """
-
-    def __init__(self, model):
-        self.model = model
-        names = sorted(model.trainable_names(), key=lambda k: model.params[k].ndim < 2)
-        xp = array_module(model.flat_params)
-        self.slices, at = {}, 0
-        for k in names:
-            self.slices[k] = slice(at, at + model.params[k].size)
-            at += model.params[k].size
-        self.n_decay = sum(model.params[k].size for k in names if model.params[k].ndim >= 2)
-        self.flat_params = xp.zeros(at, dtype=model.dtype)
-        self.flat_grads = xp.zeros(at, dtype=model.dtype)
-        for k, sl in self.slices.items():
-            self.flat_params[sl] = model.params[k].reshape(-1)
-
-    def zero_grad(self):
-        self.model.zero_grad()
-
-    def step(self, opt, grad_clip=None):
-        """Gather the gradients, clip (optional), one optimizer step, write the values back."""
-        for k, sl in self.slices.items():
-            self.flat_grads[sl] = self.model.grad[k].reshape(-1)
-        norm = clip_grad_norm(self, grad_clip) if grad_clip else None
-        opt.step()
-        for k, sl in self.slices.items():
-            self.model.params[k][...] = self.flat_params[sl].reshape(self.model.params[k].shape)
-        return norm
-
-
+# ---- training only what is trainable (optim.TrainableParams packs those parameters for AdamW)
 def trainable_prefixes(cfg, spec):
     """What trains, by name: "all", "head", "last-block" (the book's chapter 6 choice: the last
     block, the final LayerNorm and the head) or "last-N" (the last N blocks, final norm, head).

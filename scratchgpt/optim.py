@@ -1,8 +1,23 @@
-"""Optimizers that update the model's flat parameter buffer in one vectorised step."""
+"""Optimizers that update the model's flat parameter buffer in one vectorised step.
+
+A model with frozen parameters (GPTModel.set_trainable / freeze) goes through TrainableParams,
+which packs the trainable ones into a buffer of their own: an optimizer over the model's whole
+buffer would decay (and, with old moments, move) the frozen weights too.
+"""
 import math
 
 from scratchgpt import backend
 from scratchgpt.backend import array_module
+
+
+def _check_nothing_frozen(model, name):
+    """An optimizer steps the whole flat buffer it is given: refuse a model with frozen parameters."""
+    frozen = getattr(model, "frozen", ())      # a GPTModel has it; TrainableParams does not
+    if frozen:
+        raise ValueError(f"{name} was given a model with {len(frozen)} frozen parameters "
+                         f"(e.g. {sorted(frozen)[0]!r}); it would update and decay them too. "
+                         f"Pass TrainableParams(model) instead: params = TrainableParams(model); "
+                         f"opt = {name}(params, ...); after backward(), params.step(opt)")
 
 
 class AdamW:
@@ -17,6 +32,7 @@ class AdamW:
     """
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        _check_nothing_frozen(model, "AdamW")
         self.model = model
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         xp = array_module(model.flat_params)
@@ -77,6 +93,7 @@ class SGD:
     """Plain gradient descent, p <- p - lr * g (with optional momentum), for comparison."""
 
     def __init__(self, model, lr=1e-2, momentum=0.0):
+        _check_nothing_frozen(model, "SGD")
         self.model, self.lr, self.momentum = model, lr, momentum
         self.buf = array_module(model.flat_params).zeros_like(model.flat_params) if momentum else None
 
@@ -103,3 +120,43 @@ def clip_grad_norm(model, max_norm):
     total = xp.sqrt(xp.dot(g, g))                        # one pass, no g * g temporary
     g *= xp.minimum(max_norm / (total + 1e-6), 1.0)      # coef = min(max_norm / norm, 1)
     return total
+
+
+class TrainableParams:
+    """The model's trainable parameters packed into one flat buffer of their own (2-D weights
+    first), with the interface AdamW and clip_grad_norm use: flat_params, flat_grads, n_decay.
+
+        params = TrainableParams(model)
+        opt = AdamW(params, lr=5e-5, weight_decay=0.1)
+        ... model.backward(); params.step(opt)      # gradients in, AdamW, new values out
+
+    Copying the trainable entries in and out costs O(trainable) per step, far less than an
+    AdamW pass over a mostly frozen 124M buffer, and leaves frozen weights bit-identical.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        names = sorted(model.trainable_names(), key=lambda k: model.params[k].ndim < 2)
+        xp = array_module(model.flat_params)
+        self.slices, at = {}, 0
+        for k in names:
+            self.slices[k] = slice(at, at + model.params[k].size)
+            at += model.params[k].size
+        self.n_decay = sum(model.params[k].size for k in names if model.params[k].ndim >= 2)
+        self.flat_params = xp.zeros(at, dtype=model.dtype)
+        self.flat_grads = xp.zeros(at, dtype=model.dtype)
+        for k, sl in self.slices.items():
+            self.flat_params[sl] = model.params[k].reshape(-1)
+
+    def zero_grad(self):
+        self.model.zero_grad()
+
+    def step(self, opt, grad_clip=None):
+        """Gather the gradients, clip (optional), one optimizer step, write the values back."""
+        for k, sl in self.slices.items():
+            self.flat_grads[sl] = self.model.grad[k].reshape(-1)
+        norm = clip_grad_norm(self, grad_clip) if grad_clip else None
+        opt.step()
+        for k, sl in self.slices.items():
+            self.model.params[k][...] = self.flat_params[sl].reshape(self.model.params[k].shape)
+        return norm

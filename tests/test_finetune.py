@@ -124,11 +124,25 @@ def test_frozen_step_is_faster_than_a_full_step():
     assert min(times["last-block"]) < min(times["all"]), times
 
 
+def test_optimizer_given_a_model_with_frozen_parameters_raises():
+    model = ft.add_classification_head(sg.GPTModel(sg.GPTConfig(**TINY), seed=0), 2)
+    model.freeze(["transformer.h.1", "transformer.ln_f", "score"])
+    for make in (sg.AdamW, sg.SGD, lambda m: sg.SGD(m, momentum=0.9)):
+        with pytest.raises(ValueError, match="frozen parameters.*TrainableParams"):
+            make(model)
+    sg.AdamW(sg.TrainableParams(model))                      # the way to train a frozen model
+    sg.AdamW(model.set_trainable(None))                      # nothing frozen: the whole buffer
+
+
+def test_trainable_params_lives_in_optim_and_is_reexported():
+    assert ft.TrainableParams is sg.TrainableParams is sg.optim.TrainableParams
+
+
 def test_adamw_through_trainable_params_leaves_frozen_weights_bit_identical():
     model = ft.add_classification_head(sg.GPTModel(sg.GPTConfig(**TINY), seed=0), 2)
     model.freeze(["transformer.h.1", "transformer.ln_f", "score"])
     before = {k: v.copy() for k, v in model.state_dict().items()}
-    params = ft.TrainableParams(model)
+    params = sg.optim.TrainableParams(model)
     assert params.flat_params.size == model.num_trainable_parameters() < model.num_parameters()
     opt = sg.AdamW(params, lr=1e-2, weight_decay=0.5)     # decay would move any weight it touched
     idx = np.random.default_rng(0).integers(0, 11, (2, 6))

@@ -2,16 +2,17 @@
 
 Forward + backward of each op at the shapes of the "tiny" and "small" models; median of a few
 repeats after a warm-up call (which also triggers numba's compile, or loads it from the cache).
-Two numba columns: allocating fresh outputs on every call (as the NumPy versions do), and
-writing into buffers reused across calls (`out=`), as a training step can.
+Numba columns: what the library runs (the serial or the parallel twin of each kernel, picked by
+input size, see kernels/_common.py), allocating fresh outputs on every call as the NumPy
+versions do; the same writing into buffers reused across calls (`out=`), as a training step
+can; and each twin forced, to show where the size threshold should sit.
 
     python benchmarks/kernels.py                  # float32, both models
     python benchmarks/kernels.py --dtype float64 --model tiny --repeats 5
     NUMBA_NUM_THREADS=1 python benchmarks/kernels.py --stat min      # one core, best of repeats
 
-On a machine shared with other busy processes, numba's default OpenMP threading layer can
-stall a parallel loop for a whole scheduler time slice (times then come out as round
-multiples of 4 ms); NUMBA_THREADING_LAYER=workqueue avoids that (see kernels/__init__.py).
+The first line printed is the cost of one hand-off to numba's thread pool (an empty parallel
+loop): the reason small inputs run serially.
 """
 
 import argparse
@@ -23,6 +24,7 @@ import numba
 import numpy as np
 
 import scratchgpt.kernels as K
+from scratchgpt.kernels import _common
 
 # (rows B*T, emb_dim C, attention matrices B*H, context T, vocab V)
 MODELS = {
@@ -132,6 +134,22 @@ def cross_entropy_numpy(logits, targets, ignore_index=-100):
 
 # ---------------------------------------------------------------- timing
 
+@numba.njit(parallel=True)
+def _empty_loop(a):
+    for i in numba.prange(a.shape[0]):
+        a[i] += 1.0
+
+
+def launch_us(n=2000):
+    """Microseconds to hand a trivial loop to numba's thread pool and wait for it."""
+    a = np.zeros(2)
+    _empty_loop(a)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        _empty_loop(a)
+    return 1e6 * (time.perf_counter() - t0) / n
+
+
 def time_ms(fn, repeats, stat):
     fn()                                         # warm-up (and numba compile / cache load)
     times = []
@@ -196,20 +214,30 @@ def main():
     args = p.parse_args()
 
     rng = np.random.default_rng(0)
-    print(f"numba {numba.__version__}, {numba.get_num_threads()} threads, "
-          f"NUMBA_THREADING_LAYER={os.environ.get('NUMBA_THREADING_LAYER', 'default')}, {args.dtype}, "
-          f"forward+backward, {args.stat} of {args.repeats}")
-    print(f"{'model':6} {'op':30} {'numpy ms':>9} {'numba ms':>9} {'ratio':>6}  {'numba out= ms':>13} {'ratio':>6}")
+    print(f"numba {numba.__version__}, {numba.get_num_threads()} threads, threading layer "
+          f"{numba.config.THREADING_LAYER}, {args.dtype}, forward+backward, {args.stat} of {args.repeats}")
+    print(f"one launch of an empty parallel loop: {launch_us():.0f} us")
+    print(f"{'model':6} {'op':28} {'numpy':>7} {'numba':>7} {'ratio':>6}  {'out=':>7} {'ratio':>6}  "
+          f"{'serial':>7} {'parallel':>8}")
     for model in MODELS if args.model == "all" else [args.model]:
         for name, fn_numpy, fn_numba, fn_numba_out in cases(model, np.dtype(args.dtype), rng):
             t_np = time_ms(fn_numpy, args.repeats, args.stat)
             t_nb = time_ms(fn_numba, args.repeats, args.stat)
-            row = f"{model:6} {name:30} {t_np:9.2f} {t_nb:9.2f} {t_np / t_nb:5.1f}x"
+            row = f"{model:6} {name:28} {t_np:7.2f} {t_nb:7.2f} {t_np / t_nb:5.1f}x"
+            fn_out = fn_numba_out or fn_numba
             if fn_numba_out is not None:
-                t_out = time_ms(fn_numba_out, args.repeats, args.stat)
-                row += f"  {t_out:13.2f} {t_np / t_out:5.1f}x"
+                t_out = time_ms(fn_out, args.repeats, args.stat)
+                row += f"  {t_out:7.2f} {t_np / t_out:5.1f}x"
+            else:
+                row += f"  {'':7} {'':6}"
+            for mode in ("serial", "parallel"):      # the two twins, whatever the size
+                _common.PARALLEL = mode
+                t = time_ms(fn_out, args.repeats, args.stat)
+                row += f"  {t:7.2f}" if mode == "serial" else f" {t:8.2f}"
+            _common.PARALLEL = "auto"
             print(row)
-    print("ratio = numpy time / numba time")
+    print("times in ms; ratio = numpy time / numba time (numba: what the library runs, picking the serial or")
+    print("parallel twin by size; out=: writing into reused buffers); serial / parallel: each twin forced, out=")
     print(f"(threading layer used: {numba.threading_layer()})")
 
 

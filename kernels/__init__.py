@@ -2,16 +2,18 @@
 
 Each op is a pair of plain functions, forward and backward, on NumPy arrays (float32 or
 float64, the dtype is kept): a small Python wrapper checks shapes and dtypes, then calls an
-`@njit(parallel=True, cache=True)` core that loops over rows with `prange`.
+`@njit(cache=True)` core that loops over rows with `prange`.
 
     causal_softmax_forward(x) -> y                       causal_softmax_backward(dy, y) -> dx
     layernorm_forward(x, w, b, eps) -> out, mean, rstd   layernorm_backward(dout, x, mean, rstd, w) -> dx, dw, db
     gelu_forward(x) -> y                                 gelu_backward(dout, x) -> dx
     cross_entropy_forward_backward(logits, targets, ignore_index) -> loss, dlogits
+    causal_attention_forward(qkv, n_heads) -> y, att     causal_attention_backward(dy, qkv, att, n_heads) -> dqkv
+    adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay, n_decay)      (in place)
 
-The softmax, GELU and cross-entropy functions also take `out=`, an array to write their result
-into: reusing one buffer across training steps saves faulting in fresh memory on every call,
-which costs as much as the softmax itself at (96, 256, 256).
+The softmax, GELU, cross-entropy and attention functions also take `out=`, an array to write
+their result into: reusing one buffer across training steps saves faulting in fresh memory on
+every call, which costs as much as the softmax itself at (96, 256, 256).
 
 numba compiles each core on its first call for a given dtype (a few seconds) and caches the
 machine code on disk: in `__pycache__/` next to these sources, or under NUMBA_CACHE_DIR when that
@@ -21,15 +23,17 @@ numba checks only the timestamp of the file that defines each kernel: after edit
 helpers (_common.py, _vmath.py), delete the cached *.nbi/*.nbc files so the kernels recompile.
 
 Speed: softmax, cross-entropy and GELU need exp; numba's own np.exp is a scalar library call per
-element, so _vmath.py supplies an exp (and an fmax) that LLVM vectorizes. The loops are
+element, so _vmath.py supplies an exp (and a row max) that LLVM vectorizes. The loops are
 compiled with fastmath="reassoc" only, so row sums become SIMD reductions; NaN and inf keep
 their meaning. benchmarks/kernels.py compares each op with plain NumPy.
 
-Threads: prange loops run on numba's pool of NUMBA_NUM_THREADS threads (default: one per core).
-When other busy processes, or OpenBLAS threads still spinning after a matmul, compete for the
-cores, numba's default OpenMP layer was seen to stall a kernel for whole scheduler time slices
-(8-24 ms for a 0.1-3 ms kernel); NUMBA_THREADING_LAYER=workqueue or OMP_WAIT_POLICY=passive
-avoided that.
+Threads: every core is compiled twice (_common.twins), parallel and serial. Inputs below
+_common.PARALLEL_MIN_WORK elements run serially on the calling thread: one hand-off to numba's
+thread pool and back costs ~100 us here, more than a tiny model's kernel takes on one core.
+Larger ones run on numba's pool of NUMBA_NUM_THREADS threads (default: one per core) with the
+workqueue threading layer, which scratchgpt.backend selects: numba's default OpenMP layer keeps
+its threads spinning between kernels, and they fought OpenBLAS's threads for the two cores
+(a tiny model's training step took 3x longer).
 """
 
 from .cross_entropy import cross_entropy_forward_backward

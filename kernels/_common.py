@@ -1,6 +1,9 @@
 """What the kernels share: numba's compile options, and the argument checks their wrappers run."""
 
+import types
+
 import numpy as np
+from numba import njit
 
 # Options of every @njit core here:
 #   parallel=True       `prange` loops run on numba's thread pool (NUMBA_NUM_THREADS threads)
@@ -12,6 +15,55 @@ import numpy as np
 #   error_model=numpy   x / 0 gives inf or nan as in NumPy instead of raising, so a division
 #                       in a loop needs no check and the loop can vectorize
 KERNEL_OPTIONS = dict(parallel=True, cache=True, fastmath={"reassoc"}, error_model="numpy")
+
+# Below this much work (elements touched, or multiply-adds for attention) a kernel runs on the
+# calling thread. Handing a loop to numba's thread pool and waiting for it costs ~120 us per call
+# with the workqueue layer on this 2-core VM (an empty prange loop, measured), more than a whole
+# kernel of the tiny model takes on one core. benchmarks/kernels.py times both versions.
+PARALLEL_MIN_WORK = 1 << 22
+
+# "auto": pick by PARALLEL_MIN_WORK; "parallel" / "serial": always that version (for tests and
+# benchmarks, which must run both).
+PARALLEL = "auto"
+
+
+class twins:
+    """Decorator: compile one `prange` core twice, parallel and serial, and pick per call.
+
+        @twins(options)
+        def _gelu_forward(x, y):
+            for i in prange(x.size): ...
+
+        _gelu_forward(x, y, work=x.size)        # serial below min_work, parallel above
+
+    The serial twin is the same Python code compiled with parallel=False (prange is then a
+    plain range), so both compute the same thing (LLVM may round a few results differently in
+    the last bit); only who runs the loop differs. It is a copy
+    of the function under another name because numba's disk cache keys a kernel by its name,
+    not by its options.
+    """
+
+    def __init__(self, options=KERNEL_OPTIONS, min_work=None):
+        self.options, self.min_work = options, min_work
+
+    def __call__(self, fn):
+        serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                                    fn.__defaults__, fn.__closure__)
+        serial.__qualname__ = fn.__qualname__ + "_serial"
+        return _Twins(njit(**dict(self.options, parallel=True))(fn),
+                      njit(**dict(self.options, parallel=False))(serial), self.min_work)
+
+
+class _Twins:
+    def __init__(self, parallel, serial, min_work):
+        self.parallel, self.serial, self.min_work = parallel, serial, min_work
+
+    def __call__(self, *args, work):
+        if PARALLEL == "auto":
+            big = work >= (PARALLEL_MIN_WORK if self.min_work is None else self.min_work)
+        else:
+            big = PARALLEL == "parallel"
+        return (self.parallel if big else self.serial)(*args)
 
 FLOAT_DTYPES = (np.float32, np.float64)
 

@@ -15,14 +15,14 @@ results can differ from it in the last bit, since here a * b + c may round once 
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ._common import KERNEL_OPTIONS, as_float_array, check_same
+from ._common import KERNEL_OPTIONS, as_float_array, check_same, twins
 
 OPTIONS = dict(KERNEL_OPTIONS, fastmath={"reassoc", "contract"})
 
 
-@njit(**OPTIONS)
+@twins(OPTIONS)
 def _adamw_step(p, g, m, v, n_decay, decay, b1, b2, step_size, inv_sqrt_bc2, eps):
     one = p.dtype.type(1.0)
     c1, c2 = one - b1, one - b2
@@ -55,4 +55,4 @@ def adamw_step(p, g, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
     f = p.dtype.type
     b1, b2 = betas
     _adamw_step(p, g, m, v, int(n_decay), f(1.0 - lr * weight_decay), f(b1), f(b2),
-                f(lr / (1.0 - b1 ** t)), f(1.0 / math.sqrt(1.0 - b2 ** t)), f(eps))
+                f(lr / (1.0 - b1 ** t)), f(1.0 / math.sqrt(1.0 - b2 ** t)), f(eps), work=p.size)

@@ -36,8 +36,8 @@ half, the temporaries and the per-head GEMM calls, whose thread hand-offs stall 
 import numpy as np
 from numba import njit, prange
 
-from ._common import KERNEL_OPTIONS, as_float_array
-from ._vmath import exp, fmax
+from ._common import KERNEL_OPTIONS, as_float_array, twins
+from ._vmath import exp, row_max
 
 # The shared options plus "contract": a * b + c may become one fused multiply-add. These loops
 # are almost all multiply-adds, and without it LLVM keeps a separate multiply and add (~1.3x slower).
@@ -45,8 +45,7 @@ OPTIONS = dict(KERNEL_OPTIONS, fastmath={"reassoc", "contract"})
 SERIAL_OPTIONS = dict(OPTIONS, parallel=False)
 
 # Below this many multiply-adds per q.k product table (B * H * T (T + 1) / 2 * hd) the kernels
-# run on the calling thread: handing a few microseconds of work to numba's thread pool and
-# waiting for it costs 50-100 us (generation's one-sequence forwards, the tiny model's heads).
+# run on the calling thread (see _common.twins): generation's one-sequence forwards, for one.
 PARALLEL_MIN_WORK = 1 << 20
 
 
@@ -61,9 +60,7 @@ def _head_forward(qkv, b, h, n_heads, y, att):
     for t in range(T):
         L = t + 1
         _dots_rows(q[t], k, L, s)                            # s[j] = q[t] . k[j] / sqrt(hd), j <= t
-        m = s[0]
-        for j in range(1, L):
-            m = fmax(m, s[j])
+        m = row_max(s, L)
         for j in range(L):
             s[j] = exp(s[j] - m)
         tot = 0.0                                            # float64 accumulator
@@ -77,15 +74,9 @@ def _head_forward(qkv, b, h, n_heads, y, att):
         _dots_cols(s, vT, L, y[b, t, h * hd:(h + 1) * hd])   # y[t, d] = sum_j a[t, j] v[j, d]
 
 
-@njit(**OPTIONS)
+@twins(OPTIONS, min_work=PARALLEL_MIN_WORK)
 def _attention_forward(qkv, n_heads, y, att):
     for n in prange(att.shape[0]):                           # every (batch row, head) pair
-        _head_forward(qkv, n // n_heads, n % n_heads, n_heads, y, att[n])
-
-
-@njit(**SERIAL_OPTIONS)
-def _attention_forward_serial(qkv, n_heads, y, att):
-    for n in range(att.shape[0]):
         _head_forward(qkv, n // n_heads, n % n_heads, n_heads, y, att[n])
 
 
@@ -102,8 +93,7 @@ def causal_attention_forward(qkv, n_heads, out=None, att_out=None):
     y = _output(out, (B, T, C3 // 3), qkv.dtype, "out")
     att = _output(att_out, (B * n_heads, T * (T + 1) // 2), qkv.dtype, "att_out")
     if y.size:
-        parallel = att.size * (C3 // 3 // n_heads) >= PARALLEL_MIN_WORK
-        (_attention_forward if parallel else _attention_forward_serial)(qkv, n_heads, y, att)
+        _attention_forward(qkv, n_heads, y, att, work=att.size * (C3 // 3 // n_heads))
     return y, att
 
 
@@ -143,15 +133,9 @@ def _head_backward(dy, qkv, att, b, h, n_heads, dqkv):
         _dots_cols(aT[c0:c0 + L], gT[:, j:], L, dqkv[b, j, 2 * C + h * hd:2 * C + (h + 1) * hd])
 
 
-@njit(**OPTIONS)
+@twins(OPTIONS, min_work=PARALLEL_MIN_WORK)
 def _attention_backward(dy, qkv, att, n_heads, dqkv):
-    for n in prange(att.shape[0]):
-        _head_backward(dy, qkv, att[n], n // n_heads, n % n_heads, n_heads, dqkv)
-
-
-@njit(**SERIAL_OPTIONS)
-def _attention_backward_serial(dy, qkv, att, n_heads, dqkv):
-    for n in range(att.shape[0]):
+    for n in prange(att.shape[0]):                           # every (batch row, head) pair
         _head_backward(dy, qkv, att[n], n // n_heads, n % n_heads, n_heads, dqkv)
 
 
@@ -245,8 +229,7 @@ def causal_attention_backward(dy, qkv, att, n_heads, out=None):
                          f"(packed weights from causal_attention_forward), got {att.dtype} {att.shape}")
     dqkv = _output(out, qkv.shape, qkv.dtype, "out")
     if dqkv.size:
-        parallel = att.size * (C3 // 3 // n_heads) >= PARALLEL_MIN_WORK
-        (_attention_backward if parallel else _attention_backward_serial)(dy, qkv, att, n_heads, dqkv)
+        _attention_backward(dy, qkv, att, n_heads, dqkv, work=att.size * (C3 // 3 // n_heads))
     return dqkv
 
 

@@ -8,16 +8,16 @@ there; a zero keeps a training loop with an empty batch harmless).
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ._common import KERNEL_OPTIONS, as_float_array, output_array
-from ._vmath import exp, fmax
+from ._common import as_float_array, output_array, twins
+from ._vmath import exp, row_max
 
 
 # lse = m + log(sum_j exp(z_j - m)),  m = max_j z_j             (log-sum-exp of one row z)
 # loss_row = lse - z[target],  loss = sum(loss_row) / n_valid
 # dlogits[j] = (exp(z_j - lse) - [j == target]) / n_valid,  0 in ignored rows
-@njit(**KERNEL_OPTIONS)
+@twins()
 def _cross_entropy_forward_backward(logits, targets, ignore_index, n_valid, dlogits, row_loss):
     N, V = logits.shape
     for i in prange(N):
@@ -28,9 +28,7 @@ def _cross_entropy_forward_backward(logits, targets, ignore_index, n_valid, dlog
             row_loss[i] = 0.0
             continue
         z_tgt = z[tgt]  # read before g overwrites it
-        m = z[0]
-        for j in range(1, V):
-            m = fmax(m, z[j])  # (a nan still reaches the loss through exp)
+        m = row_max(z, V)  # (a nan still reaches the loss through exp)
         for j in range(V):
             g[j] = exp(z[j] - m)  # exp(z_j - m), scaled to probabilities / n_valid below
         s = 0.0  # float64 accumulator, also for float32 logits
@@ -71,5 +69,6 @@ def cross_entropy_forward_backward(logits, targets, ignore_index=-100, out=None)
         dlogits[...] = 0.0
         return 0.0, dlogits
     row_loss = np.empty(N, dtype=np.float64)
-    _cross_entropy_forward_backward(logits, targets, int(ignore_index), float(n_valid), dlogits, row_loss)
+    _cross_entropy_forward_backward(logits, targets, int(ignore_index), float(n_valid), dlogits, row_loss,
+                                    work=logits.size)
     return float(row_loss.sum() / n_valid), dlogits

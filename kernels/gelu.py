@@ -11,9 +11,9 @@ flattened array; numba's prange hands each thread one contiguous part of it.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ._common import KERNEL_OPTIONS, as_float_array, check_same, output_array
+from ._common import as_float_array, check_same, output_array, twins
 from ._vmath import exp
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -22,7 +22,7 @@ _COEF = 0.044715
 
 # y = 0.5 * x * (1 + tanh(u)) = x * s,   s = sigmoid(2u) = 1 / (1 + exp(-2u)),
 # u = sqrt(2/pi) * (x + 0.044715 * x^3)
-@njit(**KERNEL_OPTIONS)
+@twins()
 def _gelu_forward(x, y):
     k0 = x.dtype.type(-2.0 * _SQRT_2_OVER_PI)  # constants in x's dtype: float32 stays float32
     k1 = x.dtype.type(_COEF)
@@ -39,14 +39,14 @@ def gelu_forward(x, out=None):
     """
     x = as_float_array(x, "x")
     y = output_array(out, x)
-    _gelu_forward(x.ravel(), y.ravel())
+    _gelu_forward(x.ravel(), y.ravel(), work=x.size)
     return y
 
 
 # dy/dx = 0.5 * (1 + tanh(u)) + 0.5 * x * (1 - tanh(u)^2) * du/dx
 #       = s + 2 * x * s * (1 - s) * du/dx,     s = sigmoid(2u),
 # du/dx = sqrt(2/pi) * (1 + 3 * 0.044715 * x^2);   dx = dout * dy/dx
-@njit(**KERNEL_OPTIONS)
+@twins()
 def _gelu_backward(dout, x, dx):
     k0 = x.dtype.type(-2.0 * _SQRT_2_OVER_PI)
     k1 = x.dtype.type(_COEF)
@@ -72,5 +72,5 @@ def gelu_backward(dout, x, out=None):
     x = as_float_array(x, "x")
     check_same(dout, x, "dout", "x")
     dx = output_array(out, x)
-    _gelu_backward(dout.ravel(), x.ravel(), dx.ravel())
+    _gelu_backward(dout.ravel(), x.ravel(), dx.ravel(), work=x.size)
     return dx

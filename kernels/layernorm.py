@@ -8,9 +8,9 @@ partial sums and adds the chunks at the end (no two threads ever write the same 
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ._common import KERNEL_OPTIONS, as_float_array, check_same
+from ._common import as_float_array, check_same, twins
 
 # Fixed number of row chunks for the dw/db partial sums: the sum order (hence the result,
 # bit for bit) does not depend on how many threads numba happens to use.
@@ -19,7 +19,7 @@ _N_CHUNKS = 64
 
 # mean = sum(x) / C,  var = sum((x - mean)^2) / C,  rstd = 1 / sqrt(var + eps)
 # out  = (x - mean) * rstd * w + b
-@njit(**KERNEL_OPTIONS)
+@twins()
 def _layernorm_forward(x, w, b, eps, out, mean, rstd):
     N, C = x.shape
     for i in prange(N):
@@ -59,14 +59,14 @@ def layernorm_forward(x, w, b, eps=1e-5):
     mean = np.empty(N, dtype=x.dtype)
     rstd = np.empty(N, dtype=x.dtype)
     if x.size:
-        _layernorm_forward(x, w, b, float(eps), out, mean, rstd)
+        _layernorm_forward(x, w, b, float(eps), out, mean, rstd, work=x.size)
     return out, mean, rstd
 
 
 # xhat = (x - mean) * rstd,  dxhat = dout * w
 # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))       (means over the C features)
 # dw = sum_rows(dout * xhat),  db = sum_rows(dout)
-@njit(**KERNEL_OPTIONS)
+@twins()
 def _layernorm_backward(dout, x, mean, rstd, w, dx, dw_parts, db_parts):
     N, C = x.shape
     n_chunks = dw_parts.shape[0]
@@ -113,7 +113,7 @@ def layernorm_backward(dout, x, mean, rstd, w):
     db_parts = np.zeros((n_chunks, C), dtype=np.float64)
     if x.size:
         _layernorm_backward(dout, x, mean.astype(x.dtype, copy=False), rstd.astype(x.dtype, copy=False),
-                            w.astype(x.dtype, copy=False), dx, dw_parts, db_parts)
+                            w.astype(x.dtype, copy=False), dx, dw_parts, db_parts, work=x.size)
     dw = dw_parts.sum(axis=0).astype(x.dtype)  # (C,)
     db = db_parts.sum(axis=0).astype(x.dtype)  # (C,)
     return dx, dw, db

@@ -14,23 +14,21 @@ backward), but only to discard them: whatever they hold, nan included, cannot re
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ._common import KERNEL_OPTIONS, as_float_array, check_same, output_array
-from ._vmath import exp, fmax
+from ._common import as_float_array, check_same, output_array, twins
+from ._vmath import exp, row_max
 
 
 # y[t, j] = exp(x[t, j] - m) / sum_{k<=t} exp(x[t, k] - m)   for j <= t,   m = max_{k<=t} x[t, k]
 # y[t, j] = 0                                                for j > t
-@njit(**KERNEL_OPTIONS)
+@twins()
 def _causal_softmax_forward(x, y):
     N, T, _ = x.shape
     for r in prange(N * T):
         n, t = r // T, r % T
         row, out = x[n, t], y[n, t]  # (T,), (T,)
-        m = row[0]
-        for j in range(1, t + 1):
-            m = fmax(m, row[j])  # (a nan still reaches y through exp)
+        m = row_max(row, t + 1)  # (a nan still reaches y through exp)
         for j in range(t + 1):
             out[j] = exp(row[j] - m)
         s = 0.0  # float64 accumulator, also for float32 inputs
@@ -54,13 +52,13 @@ def causal_softmax_forward(x, out=None):
         raise ValueError(f"x must be (N, T, T) attention scores, got shape {x.shape}")
     y = output_array(out, x)
     if x.size:
-        _causal_softmax_forward(x, y)
+        _causal_softmax_forward(x, y, work=x.size)
     return y
 
 
 # dx[t, j] = y[t, j] * (dy[t, j] - sum_{k<=t} dy[t, k] * y[t, k])   for j <= t
 # dx[t, j] = 0                                                      for j > t
-@njit(**KERNEL_OPTIONS)
+@twins()
 def _causal_softmax_backward(dy, y, dx):
     N, T, _ = y.shape
     for r in prange(N * T):
@@ -89,5 +87,5 @@ def causal_softmax_backward(dy, y, out=None):
         raise ValueError(f"y must be (N, T, T) attention weights, got shape {y.shape}")
     dx = output_array(out, y)
     if y.size:
-        _causal_softmax_backward(dy, y, dx)
+        _causal_softmax_backward(dy, y, dx, work=y.size)
     return dx

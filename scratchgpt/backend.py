@@ -94,11 +94,17 @@ def _load_kernels():
         return None
     # numba's default OpenMP pool spins and fights OpenBLAS's threads for the 2 cores between
     # kernels (measured: 3 ms of kernels took 24 ms); the workqueue layer does not.
+    user_choice = "NUMBA_THREADING_LAYER" in os.environ
     os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
     try:
+        import numba
         from scratchgpt import kernels
     except ImportError:          # numba missing: the reference code is used
         return None
+    # numba reads the variable when it is first imported; if the user's script imported numba
+    # before us, set its config directly (it takes effect at the first parallel launch).
+    if not user_choice:
+        numba.config.THREADING_LAYER = "workqueue"
     return kernels
 
 

@@ -48,6 +48,15 @@ def kernels(request):
     backend.use_kernels(True)
 
 
+@pytest.fixture(params=["serial", "parallel"])
+def kernel_threads(request, monkeypatch):
+    """Run a kernel test with the serial twin of every numba kernel, and again with the
+    parallel one (whatever the input size; see scratchgpt.kernels._common.twins)."""
+    common = pytest.importorskip("scratchgpt.kernels._common")
+    monkeypatch.setattr(common, "PARALLEL", request.param)
+    yield request.param
+
+
 def pytest_terminal_summary(terminalreporter):
     """Print the worst relative error against torch per test and dtype: the numbers the
     gradient-check suite promises (float64 <= 1e-9, float32 <= 1e-4)."""

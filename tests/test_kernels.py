@@ -21,6 +21,9 @@ TOL = {np.float32: 1e-5, np.float64: 1e-12}        # against the NumPy reference
 TORCH_TOL = {np.float32: 1e-5, np.float64: 1e-9}   # against torch
 DTYPES = [np.float32, np.float64]
 
+# every test here runs once with the serial and once with the parallel kernels
+pytestmark = pytest.mark.usefixtures("kernel_threads")
+
 
 def rel_err(a, b, floor=1e-300):
     """max|a - b| / max|b|; `floor` bounds the denominator where b may be all (near) zero."""
@@ -398,3 +401,41 @@ def test_vector_exp_is_within_two_ulp_of_numpy(dtype):
     out = np.empty_like(special)
     _exp_array(special, out)
     np.testing.assert_array_equal(out, [0.0, np.inf, np.nan, 1.0, 0.0, np.inf])
+
+
+# ---------------------------------------------------------------- serial and parallel twins
+# (these two set the mode themselves; the module's kernel_threads fixture runs them twice anyway)
+
+def test_kernels_pick_the_serial_twin_for_small_inputs_and_the_parallel_one_for_large(monkeypatch):
+    from scratchgpt.kernels import _common, gelu
+    monkeypatch.setattr(_common, "PARALLEL", "auto")
+    core = gelu._gelu_forward
+    assert core.parallel.targetoptions["parallel"] and not core.serial.targetoptions["parallel"]
+    calls = []
+    monkeypatch.setattr(core, "parallel", lambda *a: calls.append("parallel"))
+    monkeypatch.setattr(core, "serial", lambda *a: calls.append("serial"))
+    K.gelu_forward(np.zeros(_common.PARALLEL_MIN_WORK - 1, np.float32))
+    K.gelu_forward(np.zeros(_common.PARALLEL_MIN_WORK, np.float32))
+    assert calls == ["serial", "parallel"]
+
+
+def test_serial_and_parallel_twins_agree(monkeypatch):
+    from scratchgpt.kernels import _common
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 40, 40)).astype(np.float32)
+    h = rng.standard_normal((300, 37)).astype(np.float32)
+    w = rng.standard_normal(37).astype(np.float32)
+    logits = rng.standard_normal((300, 37)).astype(np.float32)
+    targets = rng.integers(0, 37, 300)
+    results = {}
+    for mode in ("serial", "parallel"):
+        monkeypatch.setattr(_common, "PARALLEL", mode)
+        y = K.causal_softmax_forward(x)
+        _, mean, rstd = K.layernorm_forward(h, w, w)
+        results[mode] = [y, K.causal_softmax_backward(x, y), K.gelu_forward(h), K.gelu_backward(h, h),
+                         *K.layernorm_backward(h, h, mean, rstd, w),
+                         *K.cross_entropy_forward_backward(logits, targets)]
+    for a, b in zip(results["serial"], results["parallel"]):
+        # the same code, but LLVM may schedule a float op differently in each (GELU's backward
+        # differs in the last bit of a few entries)
+        assert rel_err(a, b) <= 1e-6

@@ -11,6 +11,9 @@ import scratchgpt.kernels as K  # noqa: E402
 from scratchgpt import backend  # noqa: E402
 from scratchgpt.optim import AdamW  # noqa: E402
 
+# every test here runs once with the serial and once with the parallel kernels
+pytestmark = pytest.mark.usefixtures("kernel_threads")
+
 
 class Flat:
     """The interface AdamW uses: flat_params, flat_grads, n_decay."""

@@ -15,6 +15,9 @@ import scratchgpt.kernels as K  # noqa: E402
 from scratchgpt import backend, ops  # noqa: E402
 
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
+
+# every test here runs once with the serial and once with the parallel kernels
+pytestmark = pytest.mark.usefixtures("kernel_threads")
 SHAPES = [  # (B, T, n_heads, head_dim)
     (2, 7, 3, 5),       # odd everything
     (1, 1, 2, 4),       # a single token: attends to itself only

@@ -151,8 +151,8 @@ class Linear(Layer):
 
     def backward(self, dout):
         if self.trains("weight"):
-            dx, dw, db = linear_backward(dout, self.cache)
-            self.g["weight"] += dw
+            # dW is added straight into the gradient buffer (no weight-sized temporary)
+            dx, _, db = linear_backward(dout, self.cache, dw_out=self.g["weight"])
         else:   # a frozen weight: only dx = dout @ W^T, no dW GEMM
             x, w, _ = self.cache
             dout2 = dout.reshape(-1, dout.shape[-1])                                 # (N, out)
@@ -502,8 +502,9 @@ class GPTModel:
             B, _, V = dlogits.shape
             dx = (dlogits.reshape(-1, V) @ self.params[self.head_name]).reshape(B, T, -1)   # (B, T, C)
         else:
-            dx, dw_head_t, db = linear_backward(dlogits, head_cache)              # dw: (C, V)
-            self.grad[self.head_name] += dw_head_t.T                              # tied: into wte
+            # dW (C, V) added straight into the (V, C) gradient of wte (tied) through a
+            # transposed view: no 154 MB temporary for GPT-2's head
+            dx, _, db = linear_backward(dlogits, head_cache, dw_out=self.grad[self.head_name].T)
             if db is not None and "score.bias" not in self.frozen:
                 self.grad["score.bias"] += db
         dx = self.ln_f.backward(dx)
@@ -517,7 +518,7 @@ class GPTModel:
             if "transformer.wpe.weight" not in self.frozen:
                 self.grad["transformer.wpe.weight"][:T] += dx.sum(axis=0)          # (B, T, C) -> (T, C)
             if "transformer.wte.weight" not in self.frozen:
-                self.grad["transformer.wte.weight"] += embedding_backward(dx, emb_cache)  # scatter-add
+                embedding_backward(dx, emb_cache, out=self.grad["transformer.wte.weight"])  # scatter-add into it
         self._loss_cache = None
 
 

@@ -79,7 +79,7 @@ def test_frozen_backward_stops_at_the_lowest_trainable_block(monkeypatch):
     for name in ("linear_backward", "embedding_backward"):
         real = getattr(scratchgpt.model, name)
         monkeypatch.setattr(scratchgpt.model, name,
-                            lambda *a, _real=real, _n=name: (calls.__setitem__(_n, calls[_n] + 1), _real(*a))[1])
+                            lambda *a, _real=real, _n=name, **kw: (calls.__setitem__(_n, calls[_n] + 1), _real(*a, **kw))[1])
     real_block = scratchgpt.model.TransformerBlock.backward
     monkeypatch.setattr(scratchgpt.model.TransformerBlock, "backward",
                         lambda self, d: (calls.__setitem__("blocks", calls["blocks"] + 1), real_block(self, d))[1])

@@ -364,8 +364,9 @@ class GPTModel:
         ("transformer.h.1" selects block 1, not blocks 10 and 11) or a glob ("*.lora_A").
         Frozen parameters get no gradient at all: backward() never goes below the lowest block
         that holds a trainable parameter, skips the dW GEMM of a frozen linear weight, and
-        leaves their entries in grads() exactly zero. The optimizer must not touch them either
-        (scratchgpt.finetune.TrainableParams gives AdamW only the trainable ones).
+        leaves their entries in grads() exactly zero. The optimizer must not touch them either:
+        pass AdamW a scratchgpt.optim.TrainableParams(model), which holds only the trainable
+        ones (AdamW(model) refuses a model with frozen parameters).
         """
         self.flat_grads[...] = 0
         if names is None:

@@ -13,22 +13,18 @@ linear layer of every block, the new classification head trains in full.
 Afterwards the adapters are saved alone (a small .npz) and merged into the weights,
 W' = W + (alpha / r) A B, which gives the same logits as the unmerged model.
 """
-import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
-from scratchgpt import AdamW, GPTConfig, checkpoint, lora  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the fine-tuning examples share _finetuning.py
+from _finetuning import argument_parser, base_model, fastest_steps, plot_curves, section  # noqa: E402
+
+from scratchgpt import GPTConfig, checkpoint, lora  # noqa: E402
 from scratchgpt import finetune as ft  # noqa: E402
-
-
-def section(title):
-    print(f"\n=== {title} ===")
 
 
 def lora_layer_demo():
@@ -47,66 +43,12 @@ def lora_layer_demo():
           "GPT-2's fused c_attn has one, plus an adapter on its 2-class out_head)")
 
 
-def base_model(args, out):
-    if args.gpt2_dir or args.out_dir:
-        model, tok, _ = ft.load_base(args.out_dir, args.gpt2_dir)
-    elif args.smoke:
-        model, tok = ft.pretrain_base(str(out / "base"), max_iters=10, n_layers=2, emb_dim=32, n_heads=2,
-                                      vocab_size=400, chars_per_corpus=50_000)
-    else:
-        model, tok = ft.pretrain_base(ft.BASE_DIR, max_iters=args.base_iters)
-    return model, tok
-
-
-def step_times(models, batch, n):
-    """The fastest of n steps of each model on the same batch, steps alternating between models."""
-    opts = {k: ft.TrainableParams(m) for k, m in models.items()}
-    opts = {k: (p, AdamW(p, lr=1e-6)) for k, p in opts.items()}
-    times = {k: [] for k in models}
-    for rep in range(n + 1):
-        for k, m in models.items():
-            _, dt = ft.timed_step(m, lambda: ft.classifier_loss_and_backward(m, *batch), *opts[k])
-            if rep:
-                times[k].append(dt)
-    return {k: min(v) for k, v in times.items()}
-
-
-def plot(hist, before, out):
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    a.plot(hist["steps"], hist["train_losses"], label="training")
-    a.plot(hist["steps"], hist["val_losses"], "--", label="validation")
-    a.set_xlabel("step")
-    a.set_ylabel("cross-entropy")
-    a.set_title("LoRA fine-tuning: loss")
-    a.legend()
-    e = range(len(hist["train_accs"]) + 1)                       # epoch 0: before fine-tuning
-    b.plot(e, [before["train"]] + hist["train_accs"], "o-", label="training")
-    b.plot(e, [before["val"]] + hist["val_accs"], "o--", label="validation")
-    b.set_xlabel("epoch")
-    b.set_xticks(list(e))
-    b.set_ylim(0, 1.02)
-    b.set_title("accuracy")
-    b.legend()
-    fig.tight_layout()
-    path = out / "lora_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--gpt2-dir", help="a GPT-2 folder (config.json + model.safetensors)")
-    src.add_argument("--out-dir", help="a run of `scratchgpt train` to start from")
+    p = argument_parser(__doc__, "out/appendix_e_lora")
     p.add_argument("--csv", help="a CSV/TSV of text,label (the book's SMS spam train.csv) instead")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 8; the book: 16)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
-    p.add_argument("--epochs", type=int, default=None, help="default 2 (1 with --smoke); the book: 5")
     p.add_argument("--lr", type=float, default=None, help="default 2e-3 (5e-4 with --gpt2-dir)")
-    p.add_argument("--base-iters", type=int, default=200, help="pretraining iterations of the small base model")
-    p.add_argument("--out", default="out/appendix_e_lora", help="folder for plots, adapters and the model")
-    p.add_argument("--smoke", action="store_true", help="tiny data and model (for the tests)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +77,7 @@ def main(argv=None):
 
     batch = next(ft.classification_batches(ft.encode_examples(data.train, tok, max_length), 8, ft.pad_id_for(tok)))
     full = ft.rebuild_model(model)                      # a copy, everything trainable
-    t = step_times({"full": full, "lora": lmodel}, batch, 3 if args.smoke else 6)
+    t = fastest_steps({"full": full, "lora": lmodel}, batch, 3 if args.smoke else 6)
     print(f"fastest step: full fine-tuning {t['full'] * 1e3:.1f} ms, LoRA {t['lora'] * 1e3:.1f} ms "
           f"(LoRA still runs the whole backward, but skips every frozen weight's dW)")
     del full
@@ -146,7 +88,7 @@ def main(argv=None):
     after = ft.accuracy_table(lmodel, tok, data, max_length)
     for k in before:
         print(f"{k:>5} accuracy: {before[k]:.1%} -> {after[k]:.1%}")
-    plot(hist, before, out)
+    plot_curves(hist, out / "lora_curves.png", before, title="LoRA fine-tuning: loss")
 
     section("Saving the adapters alone, and merging them into the weights")
     path = out / "lora_adapters.npz"

@@ -14,58 +14,26 @@ mathematics), 300 of each, split 70/10/20. The book's spam file works too (--csv
 Without --gpt2-dir or --out-dir the base model is a small BPE GPT pretrained briefly on the
 three corpora (scratchgpt.finetune.pretrain_base), kept in out/finetune-base and reused.
 """
-import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the fine-tuning examples share _finetuning.py
+from _finetuning import argument_parser, base_model, fastest_steps, plot_curves, section  # noqa: E402
 
-from scratchgpt import AdamW  # noqa: E402
 from scratchgpt import finetune as ft  # noqa: E402
-
-
-def section(title):
-    print(f"\n=== {title} ===")
-
-
-def base_model(args, out):
-    """(model, tokenizer, what happened): GPT-2, a run, or the small base (pretrained once)."""
-    notes = []
-    if args.gpt2_dir or args.out_dir:
-        model, tok, _ = ft.load_base(args.out_dir, args.gpt2_dir)
-        notes.append(f"loaded {args.gpt2_dir or args.out_dir}")
-    elif args.smoke:
-        model, tok = ft.pretrain_base(str(out / "base"), max_iters=10, n_layers=2, emb_dim=32, n_heads=2,
-                                      vocab_size=400, chars_per_corpus=50_000, log=notes.append)
-    else:
-        model, tok = ft.pretrain_base(ft.BASE_DIR, max_iters=args.base_iters, log=notes.append)
-    c = model.cfg
-    notes.append(f"{model.num_parameters():,} parameters: {c.n_layers} blocks, emb_dim {c.emb_dim}, "
-                 f"context {c.context_length}, vocabulary {c.vocab_size} ({tok!r})")
-    return model, tok, notes
 
 
 def step_time_saving(model, tok, data, max_length, n=6):
     """The same steps with everything trainable and with the book's last block + norm + head:
-    the frozen backward stops at the last block and never reaches the embeddings. Steps
-    alternate between the two and each keeps its fastest (other processes only add time)."""
+    the frozen backward stops at the last block and never reaches the embeddings."""
     section("Frozen layers make a step cheaper")
     batch = next(ft.classification_batches(ft.encode_examples(data.train, tok, max_length), 8, ft.pad_id_for(tok)))
-    times = {}
     models = {spec: ft.rebuild_model(model).set_trainable(ft.trainable_prefixes(model.cfg, spec))
               for spec in ("all", "last-block")}
-    opts = {spec: (ft.TrainableParams(m), None) for spec, m in models.items()}
-    opts = {spec: (p, AdamW(p, lr=1e-5)) for spec, (p, _) in opts.items()}
-    for rep in range(n + 1):                        # the first is a warm-up
-        for spec, m in models.items():
-            params, opt = opts[spec]
-            _, dt = ft.timed_step(m, lambda: ft.classifier_loss_and_backward(m, *batch), params, opt)
-            if rep:
-                times.setdefault(spec, []).append(dt)
-    full, frozen = min(times["all"]), min(times["last-block"])
+    t = fastest_steps(models, batch, n)
+    full, frozen = t["all"], t["last-block"]
     print(f"fastest of {n} steps, batch {batch[0].shape}: all {models['all'].num_trainable_parameters():,} parameters "
           f"trainable {full * 1e3:.1f} ms; last block + final norm + head "
           f"({models['last-block'].num_trainable_parameters():,}) {frozen * 1e3:.1f} ms "
@@ -73,42 +41,11 @@ def step_time_saving(model, tok, data, max_length, n=6):
     return full, frozen
 
 
-def plot(hist, before, out):
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    a.plot(hist["steps"], hist["train_losses"], label="training")
-    a.plot(hist["steps"], hist["val_losses"], "--", label="validation")
-    a.set_xlabel("step")
-    a.set_ylabel("cross-entropy")
-    a.set_title("loss")
-    a.legend()
-    epochs = range(len(hist["train_accs"]) + 1)                  # epoch 0: before fine-tuning
-    b.plot(epochs, [before["train"]] + hist["train_accs"], "o-", label="training")
-    b.plot(epochs, [before["val"]] + hist["val_accs"], "o--", label="validation")
-    b.set_xlabel("epoch")
-    b.set_xticks(list(epochs))
-    b.set_ylim(0, 1.02)
-    b.set_ylabel("accuracy")
-    b.set_title("accuracy")
-    b.legend()
-    fig.tight_layout()
-    path = out / "classification_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--gpt2-dir", help="a GPT-2 folder (config.json + model.safetensors)")
-    src.add_argument("--out-dir", help="a run of `scratchgpt train` to start from")
+    p = argument_parser(__doc__, "out/ch06_classification")
     p.add_argument("--csv", help="a CSV/TSV of text,label instead of the corpus passages")
-    p.add_argument("--epochs", type=int, default=None, help="default 2 (1 with --smoke); the book: 5")
     p.add_argument("--lr", type=float, default=None, help="default 5e-5 for GPT-2 (the book's), 1e-3 otherwise")
     p.add_argument("--per-class", type=int, default=None, help="passages per corpus (default 300)")
-    p.add_argument("--base-iters", type=int, default=200, help="pretraining iterations of the small base model")
-    p.add_argument("--out", default="out/ch06_classification", help="folder for plots and the classifier")
-    p.add_argument("--smoke", action="store_true", help="tiny data and model (for the tests)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,7 +60,11 @@ def main(argv=None):
     for text, label in data.train[:3]:
         print(f"  [{data.labels[label]}] {text[:110]}{'...' if len(text) > 110 else ''}")
 
-    model, tok, notes = base_model(args, out)        # its tokenizer makes the batches of 6.3
+    notes = []
+    model, tok = base_model(args, out, log=notes.append)   # its tokenizer makes the batches of 6.3
+    c = model.cfg
+    notes.append(f"{model.num_parameters():,} parameters: {c.n_layers} blocks, emb_dim {c.emb_dim}, "
+                 f"context {c.context_length}, vocabulary {c.vocab_size} ({tok!r})")
 
     section("6.3 Batches: padded with <|endoftext|>, classified at the last real token")
     max_length = ft.classification_max_length(model, tok, data)
@@ -157,7 +98,7 @@ def main(argv=None):
     after = ft.accuracy_table(model, tok, data, max_length)
     for k in before:
         print(f"{k:>5} accuracy: {before[k]:.1%} -> {after[k]:.1%}")
-    plot(hist, before, out)
+    plot_curves(hist, out / "classification_curves.png", before)
 
     section("6.8 Using the classifier")
     examples = ["To be, or not to be, that is the question.",

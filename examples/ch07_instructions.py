@@ -23,20 +23,17 @@ facts to recall: fine-tuning teaches it the *shape* of the answers (a short desc
 sentence, a topic name, then <|endoftext|>), and the held-out loss falls accordingly, but the
 answers are mostly wrong. With --gpt2-dir the same code reproduces the book's setting.
 """
-import argparse
+import json
+import sys
 import time
 from pathlib import Path
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the fine-tuning examples share _finetuning.py
+from _finetuning import argument_parser, base_model, plot_curves, section  # noqa: E402
 
 from scratchgpt import finetune as ft  # noqa: E402
-
-
-def section(title):
-    print(f"\n=== {title} ===")
 
 
 def collate_demo():
@@ -60,34 +57,13 @@ def topic_accuracy(model, tok, test):
     return hits / len(asks), len(asks)
 
 
-def plot(hist, out):
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(hist["steps"], hist["train_losses"], label="training")
-    ax.plot(hist["steps"], hist["val_losses"], "--", label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("response cross-entropy")
-    ax.set_title("instruction fine-tuning")
-    ax.legend()
-    fig.tight_layout()
-    path = out / "instruction_loss.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--gpt2-dir", help="a GPT-2 folder (the book uses gpt2-medium, 355M)")
-    src.add_argument("--out-dir", help="a run of `scratchgpt train` (with a BPE tokenizer) to start from")
+    p = argument_parser(__doc__, "out/ch07_instructions",
+                        gpt2_help="a GPT-2 folder (the book uses gpt2-medium, 355M)")
     p.add_argument("--json", help="a JSON list of {instruction, input, output}, e.g. the book's")
     p.add_argument("--n-articles", type=int, default=None, help="Wikipedia articles for the default data (200)")
-    p.add_argument("--epochs", type=int, default=None, help="default 2, the book's (1 with --smoke)")
     p.add_argument("--lr", type=float, default=None, help="default 5e-5 for GPT-2 (the book's), 1e-3 otherwise")
     p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank instead")
-    p.add_argument("--base-iters", type=int, default=200, help="pretraining iterations of the small base model")
-    p.add_argument("--out", default="out/ch07_instructions", help="folder for plots, responses and the model")
-    p.add_argument("--smoke", action="store_true", help="tiny data and model (for the tests)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,13 +83,7 @@ def main(argv=None):
     collate_demo()
 
     section("7.5 A pretrained model to start from")
-    if args.gpt2_dir or args.out_dir:
-        model, tok, _ = ft.load_base(args.out_dir, args.gpt2_dir)
-    elif args.smoke:
-        model, tok = ft.pretrain_base(str(out / "base"), max_iters=10, n_layers=2, emb_dim=32, n_heads=2,
-                                      vocab_size=400, chars_per_corpus=50_000)
-    else:
-        model, tok = ft.pretrain_base(ft.BASE_DIR, max_iters=args.base_iters)
+    model, tok = base_model(args, out)
     ft.require_eot(tok)
     lens = [len(ft.encode_instruction(e, tok)[0]) + 1 for e in train]
     print(f"{model.num_parameters():,} parameters, context {model.cfg.context_length}; examples are "
@@ -136,7 +106,8 @@ def main(argv=None):
     loss_after = ft.response_loss(model, test_set, tok.eot_id)
     print(f"{len(hist['step_times'])} steps, median {np.median(hist['step_times']) * 1e3:.0f} ms each")
     print(f"held-out response loss: {loss_before:.3f} before -> {loss_after:.3f} after")
-    plot(hist, out)
+    plot_curves(hist, out / "instruction_loss.png", title="instruction fine-tuning",
+                ylabel="response cross-entropy")
 
     section("7.7 Responses to held-out instructions, before and after")
     from scratchgpt.lora import merge_lora
@@ -157,7 +128,6 @@ def main(argv=None):
              "response_loss_before": loss_before, "response_loss_after": loss_after}
     for path in ft.save_finetuned(str(out / "sft"), model, tok, state):
         print(f"wrote {path}")
-    import json
     (out / "responses.json").write_text(json.dumps(responses, indent=1, ensure_ascii=False))
     print(f"talk to it: scratchgpt chat --out-dir {out / 'sft'}")
     print(f"done in {time.time() - t0:.1f} s")

@@ -7,9 +7,14 @@ input size, see kernels/_common.py), allocating fresh outputs on every call as t
 versions do; the same writing into buffers reused across calls (`out=`), as a training step
 can; and each twin forced, to show where the size threshold should sit.
 
-    python benchmarks/kernels.py                  # float32, both models
+    python benchmarks/kernels.py                  # float32, both models, and the tiny training step
     python benchmarks/kernels.py --dtype float64 --model tiny --repeats 5
     NUMBA_NUM_THREADS=1 python benchmarks/kernels.py --stat min      # one core, best of repeats
+
+Then one full training step of the tiny model (vocab 65, 4 layers, 4 heads, emb 128, context
+64, batch 32: forward, loss, backward, clip, AdamW) with the kernels on and off
+(scratchgpt.backend.use_kernels), alternating in one process so that the machine's drift hits
+both; medians of --step-repeats rounds.
 
 The first line printed is the cost of one hand-off to numba's thread pool (an empty parallel
 loop): the reason small inputs run serially.
@@ -211,6 +216,7 @@ def main():
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--stat", choices=["median", "min"], default="median")
+    p.add_argument("--step-repeats", type=int, default=20, help="rounds of the training step (0: skip it)")
     args = p.parse_args()
 
     rng = np.random.default_rng(0)
@@ -239,6 +245,41 @@ def main():
     print("times in ms; ratio = numpy time / numba time (numba: what the library runs, picking the serial or")
     print("parallel twin by size; out=: writing into reused buffers); serial / parallel: each twin forced, out=")
     print(f"(threading layer used: {numba.threading_layer()})")
+    if args.step_repeats:
+        step_numpy, step_numba = tiny_step(args.step_repeats, args.dtype)
+        print(f"tiny training step, {args.dtype}, median of {args.step_repeats} alternating rounds: "
+              f"numpy {step_numpy:.1f} ms, numba {step_numba:.1f} ms, ratio {step_numpy / step_numba:.2f}x")
+
+
+def tiny_step(repeats, dtype):
+    """Median ms of one tiny-model training step with the kernels off and on, alternating."""
+    import scratchgpt as sg
+    from scratchgpt import backend
+    cfg = sg.GPTConfig(vocab_size=65, context_length=64, emb_dim=128, n_heads=4, n_layers=4, drop_rate=0.0)
+    model = sg.GPTModel(cfg, seed=0, dtype=dtype)
+    opt = sg.AdamW(model, lr=1e-4, weight_decay=0.1)
+    r = np.random.default_rng(0)
+    x, y = r.integers(0, 65, (32, 64)), r.integers(0, 65, (32, 64))
+
+    def step():
+        model.zero_grad()
+        model.loss(x, y)
+        model.backward()
+        sg.clip_grad_norm(model, 1.0)
+        opt.step()
+
+    times = {False: [], True: []}
+    try:
+        for i in range(repeats + 2):
+            for on in (False, True) if i % 2 else (True, False):
+                backend.use_kernels(on)
+                t0 = time.perf_counter()
+                step()
+                if i >= 2:                   # two warm-up rounds
+                    times[on].append(time.perf_counter() - t0)
+    finally:
+        backend.use_kernels(True)
+    return 1e3 * float(np.median(times[False])), 1e3 * float(np.median(times[True]))
 
 
 if __name__ == "__main__":

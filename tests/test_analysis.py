@@ -16,9 +16,9 @@ import pytest
 
 from scratchgpt.analysis import (architecture, corpus, crossdomain, curves, finetune, gradcam, samples,
                                  schedules, softmax, variability, weights)
-from scratchgpt.analysis.common import blas_threads, list_checkpoints, load_model, train_run
+from scratchgpt.analysis.common import blas_threads, list_checkpoints, load_model
 from scratchgpt.model import GPTConfig, GPTModel
-from scratchgpt.train import TrainConfig
+from scratchgpt.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,8 +56,8 @@ def lab(tmp_path_factory):
             f = root / f"{name}.txt"
             f.write_text(text)
             runs[name] = str(root / "runs" / name)
-            train_run(dataclasses.replace(base, text_file=str(f), out_dir=runs[name]), tok,
-                      progress=False, log=lambda *a: None)
+            train(dataclasses.replace(base, text_file=str(f), out_dir=runs[name]), tokenizer=tok,
+                  progress=False, log=lambda *a: None)
         yield {"root": root, "runs": runs, "texts": texts, "tok": tok, "base": base}
     mp.undo()
 
@@ -147,8 +147,8 @@ def test_cross_domain_without_a_shared_vocabulary_gives_no_score_rather_than_a_w
     with blas_threads(1):
         for name in ("words", "xyz"):                          # each with its own character vocabulary
             runs[name] = str(tmp_path / name)
-            train_run(dataclasses.replace(lab["base"], text_file=str(lab["root"] / f"{name}.txt"), out_dir=runs[name],
-                                          max_iters=2, eval_interval=2), progress=False, log=lambda *a: None)
+            train(dataclasses.replace(lab["base"], text_file=str(lab["root"] / f"{name}.txt"), out_dir=runs[name],
+                                      max_iters=2, eval_interval=2), progress=False, log=lambda *a: None)
     res = crossdomain.cross_domain(runs, tmp_path / "out", max_batches=1)
     L = np.asarray(res["loss"])
     assert not np.isnan(L[0, 0]) and not np.isnan(L[1, 1]) and np.isnan(L[0, 1]) and np.isnan(L[1, 0])

@@ -1,5 +1,5 @@
-"""What every analysis needs: reading a run folder, training with a given vocabulary, and
-writing figures and tables.
+"""What every analysis needs: reading a run folder, and writing figures and tables. (Training
+with a given vocabulary is scratchgpt.train.train(cfg, tokenizer=...).)
 
 A run folder (made by `scratchgpt train`) holds metrics.jsonl, samples.txt,
 checkpoints/iter_NNNNNN.npz and ckpt_latest.npz; the training config is stored inside
@@ -10,7 +10,6 @@ Figures are drawn on `matplotlib.figure.Figure` objects directly (no pyplot), so
 depends on, or changes, the global matplotlib backend.
 """
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -20,7 +19,7 @@ import warnings
 import numpy
 
 from scratchgpt import backend, checkpoint
-from scratchgpt.train import LATEST, TrainConfig, load_corpus, train
+from scratchgpt.train import LATEST, TrainConfig, load_corpus
 
 WORD_RE = re.compile(r"[^\W\d_]+")        # a run of letters (any script), as a "word"
 
@@ -97,25 +96,7 @@ def valid_word_share(text, vocabulary):
     return sum(x in vocabulary for x in w) / len(w) if w else float("nan")
 
 
-# ---- training with a given vocabulary ----------------------------------------------------
-def train_run(cfg, tokenizer=None, progress=True, log=print):
-    """Train as `scratchgpt train` does, but with `tokenizer` (e.g. one shared character
-    vocabulary for several corpora) instead of one built from the corpus.
-
-    train() takes its tokenizer from an --init-from run, so the model GPTModel(cfg, seed)
-    that a fresh run would start from is saved with the tokenizer as such a run, in
-    `<out_dir>/init/`; training then starts from exactly the weights, batches and dropout
-    stream a fresh run with that vocabulary would use.
-    """
-    if tokenizer is None:
-        return train(cfg, progress=progress, log=log)
-    from scratchgpt.model import GPTModel
-    init_dir = os.path.join(cfg.out_dir, "init")
-    model = GPTModel(cfg.model_config(tokenizer.vocab_size), seed=cfg.seed, dtype=cfg.dtype)
-    checkpoint.save(os.path.join(init_dir, LATEST), model, tokenizer, train_state={"iter": 0})
-    return train(dataclasses.replace(cfg, init_from=init_dir), progress=progress, log=log)
-
-
+# ---- training logs -----------------------------------------------------------------------
 def brief_log(prefix=""):
     """A `log` for train() that prints the first line of each message (no sample text)."""
     def log(msg):

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 
 from scratchgpt.analysis import (architecture, corpus, crossdomain, curves, finetune, gradcam, samples,
                                  schedules, softmax, variability, weights)
-from scratchgpt.analysis.common import (blas_threads, brief_log, final_checkpoint, load_model, train_run,
-                                        use_numpy_backend)
-from scratchgpt.train import TrainConfig
+from scratchgpt.analysis.common import blas_threads, brief_log, final_checkpoint, load_model, use_numpy_backend
+from scratchgpt.train import TrainConfig, train
 
 DOMAINS = ("shakespeare", "wikipedia", "math")
 SOFTMAX_PROMPTS = ("The integral of x^2 is", "In biology, mitochondria are", "Once upon a time")
@@ -153,8 +152,8 @@ def _run_lab(out_dir, lc, progress):
         runs[name] = os.path.join(run_dir, name)
         shutil.rmtree(runs[name], ignore_errors=True)          # a fresh run folder: no stale checkpoints
         print(f"--- {name}: {base.max_iters} iterations")
-        train_run(dataclasses.replace(base, out_dir=runs[name], **source[name]), tok,
-                  progress=progress, log=brief_log("  "))
+        train(dataclasses.replace(base, out_dir=runs[name], **source[name]), tokenizer=tok,
+              progress=progress, log=brief_log("  "))
 
     step("loss curves, and the val loss recomputed from every checkpoint")
     R["curves"] = {n: curves.loss_curves(runs[n], fig_dir, name=f"curves_{n}") for n in DOMAINS}

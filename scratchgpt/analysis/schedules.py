@@ -9,8 +9,9 @@ import os
 import shutil
 
 from scratchgpt.analysis.common import (brief_log, final_checkpoint, load_metrics, load_model, md_table,
-                                        new_figure, save_figure, train_run, write_csv, write_json)
+                                        new_figure, save_figure, write_csv, write_json)
 from scratchgpt.generate import generate_text
+from scratchgpt.train import train
 
 PROMPT = "I saw a cat jumping onto the table"
 
@@ -37,7 +38,8 @@ def compare_schedules(base, out_dir, tokenizer=None, prompt=PROMPT, milestone_ev
         run = os.path.join(work_dir or os.path.join(out_dir, f"{name}_runs"), label.replace("+", "_"))
         shutil.rmtree(run, ignore_errors=True)             # a fresh run folder: no stale checkpoints
         log(f"training with the {label} schedule ({cfg.max_iters} iterations)")
-        res = train_run(dataclasses.replace(cfg, out_dir=run), tokenizer, progress=progress, log=brief_log("  "))
+        res = train(dataclasses.replace(cfg, out_dir=run), tokenizer=tokenizer, progress=progress,
+                    log=brief_log("  "))
         m = load_metrics(run)
         curves[label] = {"rows": m, "lr": [cfg.lr_at(i) for i in range(cfg.max_iters + 1)]}
         for r in m:

@@ -42,6 +42,7 @@ class AdamW:
         self.t = 0
 
     def step(self):
+        _check_nothing_frozen(self.model, "AdamW")       # also if frozen after construction
         xp = array_module(self.m)
         p, g, m, v, tmp = self.model.flat_params, self.model.flat_grads, self.m, self.v, self._tmp
         b1, b2 = self.betas
@@ -98,6 +99,7 @@ class SGD:
         self.buf = array_module(model.flat_params).zeros_like(model.flat_params) if momentum else None
 
     def step(self):
+        _check_nothing_frozen(self.model, "SGD")
         g = self.model.flat_grads
         if self.buf is not None:                         # buf = momentum * buf + g
             self.buf *= self.momentum

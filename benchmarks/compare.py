@@ -26,7 +26,9 @@ OpenBLAS and numba with the same number of threads):
             gradient accumulation `+=`, zero_grad, ...)
 
 Measurements alternate ours / torch (and swap which goes first every round), so drift in the
-machine's load hits both; each number is the median of --repeats rounds after a warm-up. The
+machine's load hits both. Each timed training step or forward comes right after an untimed one
+of the same side, so that the other side's thread pools, still spinning after its last call,
+have gone quiet (see alternate()); each number is the median of --repeats rounds after a warm-up. The
 machine may be shared: the load average is recorded before and after, and ratios (ours / torch,
 > 1 means we are faster) are more trustworthy than the absolute numbers.
 """
@@ -195,18 +197,31 @@ def median(xs):
     return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
-def alternate(fn_ours, fn_torch, repeats, warmup=1):
-    """Median seconds of each, measured in alternating rounds (the first runner swaps each round)."""
+def alternate(fn_ours, fn_torch, repeats, warmup=1, settle=1):
+    """Median seconds of each, measured in alternating rounds (the first runner swaps each round).
+
+    Before each timed call, `settle` untimed calls of the same side: both sides share one
+    process, and a thread pool keeps spinning for a while after its last task (OpenBLAS's for up
+    to ~0.1 s, OpenMP's too). Timed right after the other side, a step would share the cores
+    with those spinning threads; the untimed call absorbs that, so each side is timed as in a
+    loop of its own steps. (Without it, our OpenBLAS threads slowed torch's tiny step ~1.5x.)
+    """
     for _ in range(warmup):
         fn_ours(), fn_torch()
+
+    def run(fn):
+        for _ in range(settle):
+            fn()
+        return timed(fn)
+
     to, tt = [], []
     for r in range(repeats):
         if r % 2 == 0:
-            to.append(timed(fn_ours))
-            tt.append(timed(fn_torch))
+            to.append(run(fn_ours))
+            tt.append(run(fn_torch))
         else:
-            tt.append(timed(fn_torch))
-            to.append(timed(fn_ours))
+            tt.append(run(fn_torch))
+            to.append(run(fn_ours))
     return median(to), median(tt)
 
 
@@ -391,14 +406,15 @@ def measure(a):
         tokens = cfgd["batch"] * cfgd["seq"]
         res = results[name] = {}
         ours, theirs = Ours(cfgd), Torch(cfgd)
-        for key, fo, ft, n, reps, warm in (
-                ("train", ours.train_step, theirs.train_step, tokens, a.repeats, 2),
-                ("forward", ours.forward, theirs.forward, tokens, a.repeats, 2),
+        for key, fo, ft, n, reps, warm, settle in (
+                ("train", ours.train_step, theirs.train_step, tokens, a.repeats, 2, 1),
+                ("forward", ours.forward, theirs.forward, tokens, a.repeats, 2, 1),
+                # a generation runs for seconds: the other side's spinning threads touch its start only
                 ("generate", lambda: ours.generate(a.gen_tokens), lambda: theirs.generate(a.gen_tokens),
-                 a.gen_tokens, max(3, a.repeats // 2) if name == "gpt2" else a.repeats, 1)):
+                 a.gen_tokens, max(3, a.repeats // 2) if name == "gpt2" else a.repeats, 1, 0)):
             if key not in only:
                 continue
-            to, tt = alternate(fo, ft, reps, warmup=warm)
+            to, tt = alternate(fo, ft, reps, warmup=warm, settle=settle)
             res[key] = (n / to, n / tt)
             print(f"{name:6} {key:8} ours {fmt_rate(n / to):>10} tok/s  torch {fmt_rate(n / tt):>10} tok/s"
                   f"  {tt / to:5.2f}x   (load {loadavg()})", flush=True)

@@ -67,3 +67,18 @@ def test_kernel_switch_is_read_from_the_environment():
     env["SCRATCHGPT_KERNELS"] = "fortran"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert "SCRATCHGPT_KERNELS='fortran'" in p.stderr
+
+
+def test_openblas_threads_stop_spinning_soon_after_a_product_unless_the_user_chose():
+    """NumPy imported first, as users do: the backend still shortens OpenBLAS's spin (2^20
+    cycles instead of 2^28) by restarting its pool, and leaves a user's own setting alone."""
+    if backend.openblas_library() is None or not hasattr(backend.openblas_library(), "openblas_thread_timeout"):
+        pytest.skip("NumPy's BLAS here is not an OpenBLAS that reports its thread timeout")
+    code = ("import numpy; a = numpy.ones((256, 256)); a @ a; import scratchgpt; a @ a; "
+            "print(scratchgpt.backend.openblas_library().openblas_thread_timeout())")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert p.stdout.strip() == "20", p.stderr
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**env, "OPENBLAS_THREAD_TIMEOUT": "24"})
+    assert p.stdout.strip() == "24", p.stderr

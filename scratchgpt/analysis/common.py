@@ -217,24 +217,15 @@ class blas_threads:
     def __enter__(self):
         if self.n is None:
             return self
-        import ctypes
-        try:
-            paths = {line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.lower()}
-        except OSError:
-            paths = set()
-        for path in sorted(paths):
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for prefix in ("scipy_openblas", "openblas"):
-                for suffix in ("64_", ""):
-                    get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                    put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                    if get is not None and put is not None:
-                        self.lib, self.put, self.old = lib, put, get()
-                        put(int(self.n))
-                        return self
+        lib = backend.openblas_library()
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    self.lib, self.put, self.old = lib, put, get()
+                    put(int(self.n))
+                    return self
         return self
 
     def __exit__(self, *exc):

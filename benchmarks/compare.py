@@ -249,34 +249,26 @@ class OpTimer:
             base = f"linear {w.shape[0]}->{w.shape[1]}"
         return f"{base} {kind}"
 
-    def wrap(self, module, name):
-        fn = getattr(module, name)
-        timer = self
-
+    def timed(self, fn, key_of):
+        """fn, adding its time and calls under key_of(args) on every call."""
         def wrapper(*args, **kw):
             t = time.perf_counter()
             try:
                 return fn(*args, **kw)
             finally:
-                key = timer.label(name, args)
-                timer.t[key] = timer.t.get(key, 0.0) + time.perf_counter() - t
-                timer.n[key] = timer.n.get(key, 0) + 1
+                key = key_of(args)
+                self.t[key] = self.t.get(key, 0.0) + time.perf_counter() - t
+                self.n[key] = self.n.get(key, 0) + 1
+        return wrapper
 
-        setattr(module, name, wrapper)
+    def wrap(self, module, name):
+        fn = getattr(module, name)
+        setattr(module, name, self.timed(fn, lambda args: self.label(name, args)))
         self.patched.append((module, name, fn))
 
     def wrap_method(self, obj, name, key):
         fn = getattr(obj, name)
-        timer = self
-
-        def wrapper(*args, **kw):
-            t = time.perf_counter()
-            try:
-                return fn(*args, **kw)
-            finally:
-                timer.t[key] = timer.t.get(key, 0.0) + time.perf_counter() - t
-                timer.n[key] = timer.n.get(key, 0) + 1
-
+        wrapper = self.timed(fn, lambda args: key)
         setattr(obj, name, wrapper)
         self.patched.append((obj, name, None))
 

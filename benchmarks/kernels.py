@@ -253,20 +253,9 @@ def main():
 
 def tiny_step(repeats, dtype):
     """Median ms of one tiny-model training step with the kernels off and on, alternating."""
-    import scratchgpt as sg
     from scratchgpt import backend
-    cfg = sg.GPTConfig(vocab_size=65, context_length=64, emb_dim=128, n_heads=4, n_layers=4, drop_rate=0.0)
-    model = sg.GPTModel(cfg, seed=0, dtype=dtype)
-    opt = sg.AdamW(model, lr=1e-4, weight_decay=0.1)
-    r = np.random.default_rng(0)
-    x, y = r.integers(0, 65, (32, 64)), r.integers(0, 65, (32, 64))
-
-    def step():
-        model.zero_grad()
-        model.loss(x, y)
-        model.backward()
-        sg.clip_grad_norm(model, 1.0)
-        opt.step()
+    from train import CONFIGS, ours_step_fn      # benchmarks/train.py, beside this script
+    step = ours_step_fn(CONFIGS["tiny"], dtype)
 
     times = {False: [], True: []}
     try:

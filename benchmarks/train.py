@@ -16,11 +16,11 @@ CONFIGS = {
 }
 
 
-def ours_step_fn(cfgd):
+def ours_step_fn(cfgd, dtype="float32"):
     import numpy as np
     import scratchgpt as sg
     c = {k: v for k, v in cfgd.items() if k != "batch"}
-    model = sg.GPTModel(sg.GPTConfig(**c), seed=0)
+    model = sg.GPTModel(sg.GPTConfig(**c), seed=0, dtype=dtype)
     opt = sg.AdamW(model, lr=1e-4, weight_decay=0.1)
     r = np.random.default_rng(0)
     x = r.integers(0, c["vocab_size"], (cfgd["batch"], c["context_length"]))

@@ -229,12 +229,8 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "chat":
         argv = ["chat"] + argv
-    a = p.parse_args(argv)
-    try:
-        return a.func(a)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from scratchgpt.cli import run
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -152,7 +152,12 @@ def _more_commands():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args):
+    """Run a parsed command: a user's mistake prints one line and exits 2, Ctrl-C exits 130.
+    (Also the end of `python -m scratchgpt.chat` and `python -m scratchgpt.finetune`.)"""
     try:
         return args.func(args)
     except USER_ERRORS as e:

@@ -793,12 +793,8 @@ def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(prog="python -m scratchgpt.finetune")
     register_cli(p.add_subparsers(dest="command", required=True))
-    a = p.parse_args(argv)
-    try:
-        return a.func(a)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from scratchgpt.cli import run
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

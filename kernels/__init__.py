@@ -10,6 +10,7 @@ float64, the dtype is kept): a small Python wrapper checks shapes and dtypes, th
     cross_entropy_forward_backward(logits, targets, ignore_index) -> loss, dlogits
     causal_attention_forward(qkv, n_heads) -> y, att     causal_attention_backward(dy, qkv, att, n_heads) -> dqkv
     adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay, n_decay)      (in place)
+    embedding_backward(dout, ids, out) -> out                            (adds into out)
 
 The softmax, GELU, cross-entropy and attention functions also take `out=`, an array to write
 their result into: reusing one buffer across training steps saves faulting in fresh memory on
@@ -55,3 +56,7 @@ __all__ += ["causal_attention_forward", "causal_attention_backward"]
 from .adamw import adamw_step  # noqa: E402
 
 __all__ += ["adamw_step"]
+
+from .embedding import embedding_backward  # noqa: E402
+
+__all__ += ["embedding_backward"]

@@ -342,6 +342,45 @@ def test_cross_entropy_rejects_a_target_outside_the_vocabulary(bad):
         K.cross_entropy_forward_backward(np.zeros((4, 65), dtype=np.float32), targets)
 
 
+# ---------------------------------------------------------------- embedding backward
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V,N,C", [(1, 1, 1), (5, 40, 3), (65, 300, 17)])
+def test_embedding_backward_matches_numpy_and_torch(V, N, C, dtype):
+    r = np.random.default_rng(V + N)
+    ids = r.integers(-V, V, size=(2, N))                 # repeats, and negative ids as in NumPy
+    dout = r.standard_normal((2, N, C)).astype(dtype)
+    g0 = r.standard_normal((V, C)).astype(dtype)
+    g = g0.copy()
+    assert K.embedding_backward(dout, ids, out=g) is g
+    ref = g0.astype(np.float64)
+    np.add.at(ref, ids.reshape(-1), dout.reshape(-1, C).astype(np.float64))
+    assert_close(g, ref, TOL[dtype], "scatter-add")
+    w = t64(g0, grad=True)                               # torch: d/dw of sum(dout * w[ids])
+    (torch.nn.functional.embedding(torch.tensor(ids % V), w) * t64(dout)).sum().backward()
+    assert_close(g - g0, w.grad.numpy(), TORCH_TOL[dtype], "against torch")
+
+
+@pytest.mark.parametrize("bad", [5, -6, 99])
+def test_embedding_backward_rejects_an_id_outside_the_table_and_adds_nothing(bad):
+    g = np.zeros((5, 2), np.float32)
+    with pytest.raises(IndexError, match=f"token id {bad} is outside the table of 5 rows"):
+        K.embedding_backward(np.ones((3, 2), np.float32), np.array([0, bad, 1]), out=g)
+    assert not g.any()
+
+
+def test_embedding_backward_rejects_a_mismatched_out():
+    dout, ids = np.ones((3, 2), np.float32), np.array([0, 1, 1])
+    with pytest.raises(ValueError, match="out must be"):
+        K.embedding_backward(dout, ids, out=np.zeros((5, 2), np.float64))
+    with pytest.raises(ValueError, match="out must be"):
+        K.embedding_backward(dout, ids, out=np.zeros((2, 5), np.float32).T)
+    with pytest.raises(ValueError, match="ids have shape"):
+        K.embedding_backward(dout, ids[:2], out=np.zeros((5, 2), np.float32))
+    with pytest.raises(TypeError, match="ids must be integers"):
+        K.embedding_backward(dout, ids.astype(np.float32), out=np.zeros((5, 2), np.float32))
+
+
 # ---------------------------------------------------------------- out= buffers
 
 def test_out_buffers_are_filled_and_returned_also_in_place():

@@ -25,7 +25,7 @@ def tt(a):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,V,C", [(1, 1, 5, 3), (2, 7, 11, 6), (3, 16, 4, 8)])
-def test_embedding_scatter_adds_repeated_ids(dtype, B, T, V, C):
+def test_embedding_scatter_adds_repeated_ids(dtype, B, T, V, C, kernels):
     ids = rng.integers(0, V, size=(B, T))
     ids.flat[0] = ids.flat[-1] = 1                          # at least one id repeats when B*T > 1
     w = randn(V, C, dtype=dtype)

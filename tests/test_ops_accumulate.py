@@ -34,7 +34,7 @@ def test_linear_backward_adds_dw_into_dw_out(dtype, transposed, block, monkeypat
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_embedding_backward_adds_into_out(dtype):
+def test_embedding_backward_adds_into_out(dtype, kernels):
     r = np.random.default_rng(0)
     ids = np.array([[1, 3, 1], [0, 3, 3]])
     dout = r.standard_normal((2, 3, 4)).astype(dtype)

@@ -24,11 +24,14 @@ OpenBLAS and numba with the same number of threads):
             calls, timed by wrapping it (monkeypatching, in this script only), plus
             clip_grad_norm and AdamW.step; "other" is the rest of the step (residual adds,
             gradient accumulation `+=`, zero_grad, ...)
+  train1p   the training step again with both sides in this one process (the method of earlier
+            runs), for comparison; see Worker for why the main rows do not do that
 
-Measurements alternate ours / torch (and swap which goes first every round), so drift in the
+Each side runs in a process of its own (Worker) that builds its model once and then answers
+timing requests; the two alternate (and swap which goes first every round), so drift in the
 machine's load hits both. Each timed training step or forward comes right after an untimed one
-of the same side, so that the other side's thread pools, still spinning after its last call,
-have gone quiet (see alternate()); each number is the median of --repeats rounds after a warm-up. The
+of the same side (settled_call), so that the other side's thread pools, still spinning after its
+last call, have gone quiet; each number is the median of --repeats rounds after a warm-up. The
 machine may be shared: the load average is recorded before and after, and ratios (ours / torch,
 > 1 means we are faster) are more trustworthy than the absolute numbers.
 """
@@ -191,38 +194,101 @@ def timed(fn):
     return time.perf_counter() - t
 
 
+def minor_faults():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def settled_call(fn, settle):
+    """`settle` untimed calls of fn, then a timed one: (seconds, minor page faults of that call).
+    The untimed calls let the other side's thread pools, still spinning after its last call,
+    go quiet first (OpenBLAS's spin for a while after each product, OpenMP's too), so each
+    side is timed as in a loop of its own calls."""
+    for _ in range(settle):
+        fn()
+    f = minor_faults()
+    t = timed(fn)
+    return t, minor_faults() - f
+
+
 def median(xs):
     xs = sorted(xs)
     n = len(xs)
     return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
-def alternate(fn_ours, fn_torch, repeats, warmup=1, settle=1):
-    """Median seconds of each, measured in alternating rounds (the first runner swaps each round).
-
-    Before each timed call, `settle` untimed calls of the same side: both sides share one
-    process, and a thread pool keeps spinning for a while after its last task (OpenBLAS's for up
-    to ~0.1 s, OpenMP's too). Timed right after the other side, a step would share the cores
-    with those spinning threads; the untimed call absorbs that, so each side is timed as in a
-    loop of its own steps. (Without it, our OpenBLAS threads slowed torch's tiny step ~1.5x.)
-    """
+def alternate(call_ours, call_torch, repeats, warmup=1):
+    """Medians of each side's (seconds, page faults), measured in alternating rounds (the first
+    runner swaps each round, so drift in the machine's load hits both). call_*() returns one
+    (seconds, faults) pair, e.g. from settled_call or Worker.call."""
     for _ in range(warmup):
-        fn_ours(), fn_torch()
-
-    def run(fn):
-        for _ in range(settle):
-            fn()
-        return timed(fn)
-
+        call_ours(), call_torch()
     to, tt = [], []
     for r in range(repeats):
         if r % 2 == 0:
-            to.append(run(fn_ours))
-            tt.append(run(fn_torch))
+            to.append(call_ours())
+            tt.append(call_torch())
         else:
-            tt.append(run(fn_torch))
-            to.append(run(fn_ours))
-    return median(to), median(tt)
+            tt.append(call_torch())
+            to.append(call_ours())
+    return tuple(median(x) for x in zip(*to)), tuple(median(x) for x in zip(*tt))
+
+
+class Worker:
+    """One side in a process of its own (`compare.py --worker SIDE CONFIG`), answering timing
+    requests on its stdin/stdout while the other side's process waits.
+
+    Why not both sides in one process: they would share one allocator and the other's threads.
+    Measured (tiny, 2 threads): torch's step alone in a process caused ~3,800 minor page faults
+    and took 125 ms; next to our model in the same process, 830 faults and 101 ms, because our
+    arrays had already grown the C heap that torch's tensors then reuse. Ours went the other
+    way, 117 -> 127 ms. Each user runs one library at a time, so each side gets its own process;
+    `--same-process` measures the old way, for comparison.
+    """
+
+    def __init__(self, side, config, threads, gen_tokens):
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, config,
+               "--gen-tokens", str(gen_tokens)]
+        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  env=thread_env(threads), cwd=ROOT)
+        self.side = side
+        self.reply()                                       # the model is built
+
+    def reply(self):
+        for line in self.p.stdout:                         # other output (warnings) is skipped
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
+        raise RuntimeError(f"the {self.side} worker exited with code {self.p.wait()}")
+
+    def call(self, op, settle=1, repeats=None):
+        self.p.stdin.write(json.dumps({"op": op, "settle": settle, "repeats": repeats}) + "\n")
+        self.p.stdin.flush()
+        return self.reply()["result"]
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.stdin.close()
+            self.p.wait()
+
+
+REPLY = "@compare-worker "
+
+
+def worker(side, config, gen_tokens):
+    """The loop of a Worker process: build one side's model, then serve requests until stdin closes."""
+    cfgd = CONFIGS[config]
+    if side == "torch":
+        import torch
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        runner = Torch(cfgd)
+    else:
+        runner = Ours(cfgd)
+    here = InProcess(runner, gen_tokens)
+    print(REPLY + json.dumps({"ready": side}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        result = here.call(cmd["op"], cmd["settle"], cmd["repeats"])
+        print(REPLY + json.dumps({"result": result}), flush=True)
 
 
 def loadavg():
@@ -281,11 +347,10 @@ class OpTimer:
         self.patched = []
 
 
-def profile_step(cfgd, repeats):
+def profile_step(ours, repeats):
     """Seconds per step of each op of our training step (median over steps), and the step total."""
     import scratchgpt
     import scratchgpt.model as M
-    ours = Ours(cfgd)
     ours.train_step()                                        # warm-up
     timer = OpTimer()
     for name in list(vars(M)):
@@ -382,11 +447,11 @@ def fmt_rate(x):
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
 
 
+MEASURES = ("train", "forward", "generate", "train1p", "rss", "profile")
+
+
 def measure(a):
     """Every measurement at one thread count (this process's); returns a JSON-able dict."""
-    import scratchgpt  # noqa: F401  (sets NUMBA_THREADING_LAYER before numba starts its pool)
-    import torch
-    torch.set_num_threads(a.threads)
     only = set(a.only.split(","))
     info = machine_info(a.threads)
     load_before = loadavg()
@@ -397,27 +462,44 @@ def measure(a):
         cfgd = CONFIGS[name]
         tokens = cfgd["batch"] * cfgd["seq"]
         res = results[name] = {}
-        ours, theirs = Ours(cfgd), Torch(cfgd)
-        for key, fo, ft, n, reps, warm, settle in (
-                ("train", ours.train_step, theirs.train_step, tokens, a.repeats, 2, 1),
-                ("forward", ours.forward, theirs.forward, tokens, a.repeats, 2, 1),
-                # a generation runs for seconds: the other side's spinning threads touch its start only
-                ("generate", lambda: ours.generate(a.gen_tokens), lambda: theirs.generate(a.gen_tokens),
-                 a.gen_tokens, max(3, a.repeats // 2) if name == "gpt2" else a.repeats, 1, 0)):
-            if key not in only:
-                continue
-            to, tt = alternate(fo, ft, reps, warmup=warm, settle=settle)
-            res[key] = (n / to, n / tt)
-            print(f"{name:6} {key:8} ours {fmt_rate(n / to):>10} tok/s  torch {fmt_rate(n / tt):>10} tok/s"
-                  f"  {tt / to:5.2f}x   (load {loadavg()})", flush=True)
-        del ours, theirs
-        if "profile" in only:
-            rows, total = profile_step(cfgd, a.repeats)
-            res["profile"] = (rows, total)
-            print(f"{name:6} profile: step {1e3 * total:.1f} ms", flush=True)
-            for k, v in sorted(rows.items(), key=lambda kv: -kv[1]):
-                print(f"         {k:34} {1e3 * v:8.2f} ms  {100 * v / total:5.1f}%")
-            print(f"         {'other':34} {1e3 * (total - sum(rows.values())):8.2f} ms")
+        gen_reps = max(3, a.repeats // 2) if name == "gpt2" else a.repeats
+        plan = [(key, n, reps, warm, settle) for key, n, reps, warm, settle in (
+            ("train", tokens, a.repeats, 2, 1),
+            ("forward", tokens, a.repeats, 2, 1),
+            # a generation runs for seconds: the other side's spinning threads touch its start only
+            ("generate", a.gen_tokens, gen_reps, 1, 0)) if key in only]
+        if plan or "profile" in only:
+            if a.same_process:
+                import torch
+                torch.set_num_threads(a.threads)
+                sides = [InProcess(Ours(cfgd), a.gen_tokens), InProcess(Torch(cfgd), a.gen_tokens)]
+            else:
+                sides = [Worker(side, name, a.threads, a.gen_tokens) for side in ("ours", "torch")]
+            try:
+                for key, n, reps, warm, settle in plan:
+                    (so, fo), (st, ft) = alternate(lambda: sides[0].call(key, settle),
+                                                   lambda: sides[1].call(key, settle), reps, warmup=warm)
+                    res[key] = (n / so, n / st, fo, ft)
+                    report(name, key, res[key])
+                if "profile" in only:
+                    rows, total = res["profile"] = sides[0].call("profile", repeats=a.repeats)
+                    print(f"{name:6} profile: step {1e3 * total:.1f} ms", flush=True)
+                    for k, v in sorted(rows.items(), key=lambda kv: -kv[1]):
+                        print(f"         {k:34} {1e3 * v:8.2f} ms  {100 * v / total:5.1f}%")
+                    print(f"         {'other':34} {1e3 * (total - sum(rows.values())):8.2f} ms")
+            finally:
+                for side in sides:
+                    side.close()
+        if "train1p" in only and not a.same_process:
+            # the old method, for comparison: both sides in this one process (see Worker)
+            import torch
+            torch.set_num_threads(a.threads)
+            sides = [InProcess(Ours(cfgd), a.gen_tokens), InProcess(Torch(cfgd), a.gen_tokens)]
+            (so, fo), (st, ft) = alternate(lambda: sides[0].call("train", 1),
+                                           lambda: sides[1].call("train", 1), a.repeats, warmup=2)
+            res["train1p"] = (tokens / so, tokens / st, fo, ft)
+            report(name, "train1p", res["train1p"])
+            del sides
         if "rss" in only:
             r = measure_rss(name, a.threads, a.gen_tokens)
             res["rss"] = (r["ours"]["peak_rss_mb"], r["torch"]["peak_rss_mb"])
@@ -426,6 +508,29 @@ def measure(a):
     print(f"load average after: {load_after}", flush=True)
     return {"threads": a.threads, "info": info, "load_before": load_before,
             "load_after": load_after, "results": results}
+
+
+def report(name, key, r):
+    o, t, fo, ft = r
+    print(f"{name:6} {key:8} ours {fmt_rate(o):>10} tok/s  torch {fmt_rate(t):>10} tok/s  {o / t:5.2f}x"
+          f"   page faults {fo:,.0f} / {ft:,.0f}   (load {loadavg()})", flush=True)
+
+
+class InProcess:
+    """A side in this process, with Worker's call()."""
+
+    def __init__(self, runner, gen_tokens):
+        self.runner = runner
+        self.ops = {"train": runner.train_step, "forward": runner.forward,
+                    "generate": lambda: runner.generate(gen_tokens)}
+
+    def call(self, op, settle=1, repeats=None):
+        if op == "profile":
+            return profile_step(self.runner, repeats)
+        return settled_call(self.ops[op], settle)
+
+    def close(self):
+        pass
 
 
 def thread_env(threads):
@@ -444,20 +549,27 @@ def main():
                     help="thread count for both sides, or a comma-separated list (one table each)")
     ap.add_argument("--quick", action="store_true",
                     help="3 repeats, 50 generated tokens, no RSS children; prints, writes no file")
-    ap.add_argument("--only", default="train,forward,generate,rss,profile",
-                    help="comma-separated subset of train,forward,generate,rss,profile")
+    ap.add_argument("--only", default=",".join(MEASURES),
+                    help="comma-separated subset of " + ",".join(MEASURES) +
+                    " (train1p: the training step with both sides in one process, for comparison)")
+    ap.add_argument("--same-process", action="store_true",
+                    help="run both sides in one process (the old method; see Worker) instead of one each")
     ap.add_argument("--gen-tokens", type=int, default=200)
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--rss-child", nargs=2, metavar=("SIDE", "CONFIG"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=2, metavar=("SIDE", "CONFIG"), help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)      # a child: measure, write results here
     a = ap.parse_args()
 
     if a.rss_child:
         rss_child(a.rss_child[0], a.rss_child[1], a.gen_tokens)
         return
+    if a.worker:
+        worker(a.worker[0], a.worker[1], a.gen_tokens)
+        return
     if a.quick:
         a.repeats, a.gen_tokens = 3, 50
-        a.only = ",".join(s for s in a.only.split(",") if s != "rss")
+        a.only = ",".join(s for s in a.only.split(",") if s not in ("rss", "train1p"))
     for c in a.configs.split(","):
         if c not in CONFIGS:
             raise SystemExit(f"unknown config {c!r}: choose from {', '.join(CONFIGS)}")
@@ -472,7 +584,7 @@ def main():
         path = os.path.join(ROOT, f".compare-{os.getpid()}-{t}.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--configs", a.configs, "--repeats",
                str(a.repeats), "--threads", str(t), "--only", a.only, "--gen-tokens", str(a.gen_tokens),
-               "--json", path]
+               "--json", path] + (["--same-process"] if a.same_process else [])
         try:
             subprocess.run(cmd, env=thread_env(t), check=True, cwd=ROOT)
             with open(path) as f:
@@ -497,8 +609,13 @@ def write_report(a, runs):
          f"round); generation: {a.gen_tokens} new tokens, greedy, batch 1, {PROMPT_LEN}-token "
          "prompt, KV cache. Tiny's context of 64 is full after 60 tokens: from then on both sides "
          "recompute the last 64 tokens for each new one (position embeddings stop there).",
+         ("- Both sides in one process, the old method (`--same-process`)." if a.same_process else
+          "- Each side runs in a process of its own; the two take turns (see `Worker` in "
+          "compare.py). The row \"train tok/s, both in one process\" is the old method, for "
+          "comparison: sharing a process, each side's allocator and thread pools change the "
+          "other's speed; the page-fault rows show one way it does."),
          f"- Command: `python benchmarks/compare.py --configs {a.configs} --repeats {a.repeats} "
-         f"--threads {a.threads}`",
+         f"--threads {a.threads}{' --same-process' if a.same_process else ''}`",
          "- The load average (1, 5, 15 min) is the machine's, including other processes. With more "
          "runnable threads than cores, every multi-threaded BLAS call (OpenBLAS for us, MKL/OpenMP "
          "for torch) waits at its barriers for a descheduled thread, and 2-thread timings of both "
@@ -513,13 +630,19 @@ def write_report(a, runs):
             c, res = CONFIGS[name], run["results"][name]
             shape = (f"V{c['vocab_size']} L{c['n_layers']} H{c['n_heads']} C{c['emb_dim']} "
                      f"ctx{c['context_length']}, {c['batch']}x{c['seq']}")
-            for key, target in (("train", TARGETS[name]), ("forward", None), ("generate", 1.0)):
+            for key, target in (("train", TARGETS[name]), ("forward", None), ("generate", 1.0),
+                                ("train1p", None)):
                 if key in res:
-                    o, tr = res[key]
+                    o, tr, fo, ft = res[key]
                     ok = "" if target is None or t != 2 else (
                         f"≥ {target:.1f}x: " + ("met" if o / tr >= target else "missed"))
-                    L.append(f"| {name} | {shape} | {key} tok/s | {fmt_rate(o)} | {fmt_rate(tr)} | "
+                    what = "train tok/s, both in one process" if key == "train1p" else f"{key} tok/s"
+                    L.append(f"| {name} | {shape} | {what} | {fmt_rate(o)} | {fmt_rate(tr)} | "
                              f"{o / tr:.2f}x | {ok} |")
+                    if key in ("train", "train1p"):
+                        where = ", both in one process" if key == "train1p" else ""
+                        L.append(f"| {name} | {shape} | minor page faults per step{where} | {fo:,.0f} | "
+                                 f"{ft:,.0f} | | |")
             if "rss" in res:
                 o, tr = res["rss"]
                 ok = "" if t != 2 else "≤ torch: " + ("met" if o <= tr else "missed")

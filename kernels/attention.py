@@ -23,14 +23,15 @@ computes the whole T x T square and masks half of it away. The forward saves the
 weights for the backward in a packed lower-triangular layout, (B * H, T (T + 1) / 2): row t
 of a matrix starts at t (t + 1) / 2 and holds its t + 1 weights, half the memory of (T, T).
 
-The backward runs two passes per pair: along rows t (da, ds, dq; ds and a are also written
-column by column into packed scratch) and then along columns j (dk, dv). Every product is
-written as dot products along a contiguous axis (_dots_rows, _dots_cols), so each running sum
-stays in a SIMD register, and no two iterations add into the same output row.
+The backward runs one pass per pair along the rows t: da, ds and dq[t] as dot products along a
+contiguous axis (_dots_rows, _dots_cols; each running sum stays in a SIMD register), then row
+t's terms of dk[j] and dv[j] for every j <= t are added into (T, hd) scratch, hd features at a
+time.
 
-Speed (one core, float32, the "small" model's 96 heads of 256 x 64): ~25 GFLOP/s counted on the
-causal half, about what OpenBLAS reaches on the full square; the gain is in skipping the masked
-half, the temporaries and the per-head GEMM calls, whose thread hand-offs stall on a busy machine.
+Speed (one core, float32, the "small" model's 96 heads of 256 x 64; benchmarks/kernels.py): the
+forward runs at ~30 GFLOP/s counted on the causal half, more than OpenBLAS reaches on the
+full square; the gain is in skipping the masked half, the temporaries and the per-head GEMM
+calls, whose thread hand-offs stall on a busy machine.
 """
 
 import numpy as np
@@ -55,7 +56,8 @@ def _head_forward(qkv, b, h, n_heads, y, att):
     T, C = qkv.shape[1], qkv.shape[2] // 3
     hd = C // n_heads
     scale = qkv.dtype.type(1.0 / np.sqrt(hd))
-    q, k, _, vT = _gather_head(qkv, b, h, n_heads, scale)   # (T, hd), (T, hd), _, (hd, T)
+    q, k, v = _gather_head(qkv, b, h, n_heads, scale)        # (T, hd) each, q scaled
+    vT = v.T.copy()                                          # (hd, T)
     s = np.empty(T, qkv.dtype)
     for t in range(T):
         L = t + 1
@@ -67,10 +69,10 @@ def _head_forward(qkv, b, h, n_heads, y, att):
         for j in range(L):
             tot += s[j]
         inv = qkv.dtype.type(1.0 / tot)
-        off = t * (t + 1) // 2                               # row t of the packed weights
+        a = att[t * (t + 1) // 2:(t + 1) * (t + 2) // 2]     # row t of the packed weights
         for j in range(L):
             s[j] *= inv
-            att[off + j] = s[j]
+            a[j] = s[j]
         _dots_cols(s, vT, L, y[b, t, h * hd:(h + 1) * hd])   # y[t, d] = sum_j a[t, j] v[j, d]
 
 
@@ -102,35 +104,36 @@ def _head_backward(dy, qkv, att, b, h, n_heads, dqkv):
     """Head h of batch row b: its q, k and v features of dqkv, from dy and its packed weights att."""
     T, C = qkv.shape[1], qkv.shape[2] // 3
     hd = C // n_heads
-    scale = qkv.dtype.type(1.0 / np.sqrt(hd))
-    q, k, v, _ = _gather_head(qkv, b, h, n_heads, qkv.dtype.type(1.0))
-    qT, kT, g = q.T.copy(), k.T.copy(), dy[b, :, h * hd:(h + 1) * hd].copy()   # (hd, T), (hd, T), (T, hd)
-    gT = g.T.copy()                                          # (hd, T)
-    # ds and a by columns, packed: column j holds rows t = j..T-1, from j T - j (j - 1) / 2 on
-    dsT = np.empty(T * (T + 1) // 2, qkv.dtype)
-    aT = np.empty(T * (T + 1) // 2, qkv.dtype)
-    s = np.empty(T, qkv.dtype)
-    # pass 1, along rows t: da, ds and dq
+    dt = qkv.dtype
+    scale = dt.type(1.0 / np.sqrt(hd))
+    q, k, v = _gather_head(qkv, b, h, n_heads, dt.type(1.0))
+    g = np.empty((T, hd), dt)                                # dy of this head
     for t in range(T):
+        _copy(dy[b, t, h * hd:(h + 1) * hd], g[t], dt.type(1.0))
+    kT = k.T.copy()                                          # (hd, T)
+    dk = np.zeros((T, hd), dt)
+    dv = np.zeros((T, hd), dt)
+    s = np.empty(T, dt)
+    for t in range(T):                                       # one pass along the rows t
         L = t + 1
-        a = att[t * (t + 1) // 2:t * (t + 1) // 2 + L]
+        a = att[t * (t + 1) // 2:(t + 1) * (t + 2) // 2]
         _dots_rows(g[t], v, L, s)                            # s[j] = da[t, j] = dy[t] . v[j]
         tot = 0.0                                            # sum_k a[t, k] da[t, k], float64
         for j in range(L):
             tot += a[j] * s[j]
-        c = qkv.dtype.type(tot)
+        c = dt.type(tot)
         for j in range(L):
             s[j] = a[j] * (s[j] - c) * scale                 # ds, with the 1/sqrt(hd) folded in
-            i = j * T - j * (j - 1) // 2 + (t - j)           # (t, j) in the column-packed layout
-            dsT[i] = s[j]
-            aT[i] = a[j]
-        _dots_cols(s, kT, L, dqkv[b, t, h * hd:(h + 1) * hd])         # dq[t] = sum_j ds[t, j] k[j]
-    # pass 2, along columns j: dk and dv, sums over the rows t >= j
-    for j in range(T):
-        c0 = j * T - j * (j - 1) // 2
-        L = T - j
-        _dots_cols(dsT[c0:c0 + L], qT[:, j:], L, dqkv[b, j, C + h * hd:C + (h + 1) * hd])
-        _dots_cols(aT[c0:c0 + L], gT[:, j:], L, dqkv[b, j, 2 * C + h * hd:2 * C + (h + 1) * hd])
+        _dots_cols(s, kT, L, dqkv[b, t, h * hd:(h + 1) * hd])        # dq[t] = sum_j ds[t, j] k[j]
+        qt, gt = q[t], g[t]
+        for j in range(L):                                   # row t's terms of dk[j] and dv[j]
+            dkj, dvj, sj, aj = dk[j], dv[j], s[j], a[j]
+            for d in range(hd):
+                dkj[d] += sj * qt[d]                         # dk[j] = sum_{t >= j} ds[t, j] q[t]
+                dvj[d] += aj * gt[d]                         # dv[j] = sum_{t >= j} a[t, j] dy[t]
+    for t in range(T):
+        _copy(dk[t], dqkv[b, t, C + h * hd:C + (h + 1) * hd], dt.type(1.0))
+        _copy(dv[t], dqkv[b, t, 2 * C + h * hd:2 * C + (h + 1) * hd], dt.type(1.0))
 
 
 @twins(OPTIONS, min_work=PARALLEL_MIN_WORK)
@@ -141,18 +144,29 @@ def _attention_backward(dy, qkv, att, n_heads, dqkv):
 
 @njit(inline="always", fastmath={"reassoc", "contract"}, error_model="numpy")
 def _gather_head(qkv, b, h, n_heads, q_scale):
-    """Head h of batch row b as contiguous arrays: q * q_scale, k, v (T, hd) and v^T (hd, T)."""
+    """Head h of batch row b as contiguous (T, hd) arrays: q * q_scale, k, v."""
     T, C = qkv.shape[1], qkv.shape[2] // 3
     hd = C // n_heads
     q = np.empty((T, hd), qkv.dtype)
     k = np.empty((T, hd), qkv.dtype)
     v = np.empty((T, hd), qkv.dtype)
     for t in range(T):
-        for d in range(hd):
-            q[t, d] = qkv[b, t, h * hd + d] * q_scale
-            k[t, d] = qkv[b, t, C + h * hd + d]
-            v[t, d] = qkv[b, t, 2 * C + h * hd + d]
-    return q, k, v, v.T.copy()
+        row = qkv[b, t]
+        _copy(row[h * hd:(h + 1) * hd], q[t], q_scale)
+        _copy(row[C + h * hd:C + (h + 1) * hd], k[t], qkv.dtype.type(1.0))
+        _copy(row[2 * C + h * hd:2 * C + (h + 1) * hd], v[t], qkv.dtype.type(1.0))
+    return q, k, v
+
+
+# Inner loops index 1-D views (src[d]) with the loop counter itself, never qkv[b, t, h * hd + d]:
+# numba must check a computed index for being negative (NumPy's wrap-around), which keeps
+# LLVM from vectorizing the loop; a loop counter is known not to be. Measured on the tiny
+# model's gather (128 heads of 64 x 32): 0.27 ms with computed indices, 0.05 ms with views.
+@njit(inline="always", error_model="numpy")
+def _copy(src, dst, scale):
+    """dst[:] = src * scale, both 1-D of the same length."""
+    for d in range(src.shape[0]):
+        dst[d] = src[d] * scale
 
 
 # The two products below are written as dot products along a contiguous axis, four at a time:

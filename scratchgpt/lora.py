@@ -41,8 +41,9 @@ TARGET_ALIASES = {"c_attn": ("attn.c_attn",), "c_fc": ("mlp.c_fc",), "c_proj": (
 # ---- the op ------------------------------------------------------------------------------
 def lora_forward(x, A, B, scale):
     """y = scale * (x @ A) @ B      (..., in) -> (..., r) -> (..., out)"""
-    h = x @ A                                          # (..., r)
-    y = h @ B                                          # (..., out)
+    x2 = x.reshape(-1, x.shape[-1])                    # (N, in): one BLAS call, not one per batch row
+    h = (x2 @ A).reshape(*x.shape[:-1], A.shape[1])    # (..., r)
+    y = (h.reshape(-1, A.shape[1]) @ B).reshape(*x.shape[:-1], B.shape[1])   # (..., out)
     y *= scale
     return y, (x, h, A, B, scale)
 

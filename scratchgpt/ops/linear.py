@@ -3,7 +3,9 @@
 
 def linear_forward(x, w, b=None):
     """(..., in) @ (in, out) + (out,) -> (..., out)"""
-    out = x @ w
+    # One (N, in) @ (in, out) product over all N = B * T rows: given a (B, T, in) array, matmul
+    # would make B separate (T, in) @ (in, out) BLAS calls instead (tiny model: 25-50% slower)
+    out = (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
     if b is not None:
         out += b
     return out, (x, w, b is not None)

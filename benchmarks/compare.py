@@ -421,6 +421,8 @@ def machine_info(threads):
     import numba
     import numpy as np
     import torch
+
+    import scratchgpt  # noqa: F401  (picks numba's threading layer, as it does in our worker)
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:

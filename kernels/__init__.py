@@ -37,6 +37,13 @@ its threads spinning between kernels, and they fought OpenBLAS's threads for the
 (a tiny model's training step took 3x longer).
 """
 
+if __name__ != "scratchgpt.kernels":
+    # numba's disk cache is kept next to these files and records the module each kernel was
+    # compiled in. Imported as a top-level `kernels` (from a checkout's root on sys.path), the
+    # cache would get entries under that name, and scratchgpt.kernels would then fail to load
+    # them ("No module named 'kernels.attention'").
+    raise ImportError(f"import this package as scratchgpt.kernels, not as {__name__!r}")
+
 from .cross_entropy import cross_entropy_forward_backward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward

@@ -69,6 +69,18 @@ def test_kernel_switch_is_read_from_the_environment():
     assert "SCRATCHGPT_KERNELS='fortran'" in p.stderr
 
 
+def test_the_kernels_refuse_to_be_imported_under_another_name(tmp_path):
+    """From a checkout's root, `import kernels` would find the folder that the package installs
+    as scratchgpt.kernels; numba's disk cache, shared by both names, would then break."""
+    import os
+    import scratchgpt.kernels
+    root = os.path.dirname(os.path.dirname(scratchgpt.kernels.__file__))
+    code = f"import sys; sys.path.insert(0, {root!r}); import kernels"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode != 0
+    assert "import this package as scratchgpt.kernels, not as 'kernels'" in p.stderr
+
+
 def test_openblas_threads_stop_spinning_soon_after_a_product_unless_the_user_chose():
     """NumPy imported first, as users do: the backend still shortens OpenBLAS's spin (2^20
     cycles instead of 2^28) by restarting its pool, and leaves a user's own setting alone."""

@@ -1,6 +1,7 @@
 """Speed of the numba kernels against careful plain-NumPy versions of the same ops.
 
-Forward + backward of each op at the shapes of the "tiny" and "small" models; median of a few
+Forward + backward of each op (causal softmax, layernorm, GELU, fused attention, the embedding's
+scatter-add, cross-entropy) at the shapes of the "tiny" and "small" models; median of a few
 repeats after a warm-up call (which also triggers numba's compile, or loads it from the cache).
 Numba columns: what the library runs (the serial or the parallel twin of each kernel, picked by
 input size, see kernels/_common.py), allocating fresh outputs on every call as the NumPy
@@ -137,6 +138,20 @@ def cross_entropy_numpy(logits, targets, ignore_index=-100):
     return loss, e
 
 
+def attention_numpy(qkv, n_heads, dy, mask):
+    """Causal attention forward and backward as batched matmuls over the full T x T square (the
+    array code's formulation), from fused qkv (B, T, 3C) and dy (B, T, C) to dqkv."""
+    B, T, C3 = qkv.shape
+    hd = C3 // 3 // n_heads
+    q, k, v = qkv.reshape(B, T, 3, n_heads, hd).transpose(2, 0, 3, 1, 4)      # (B, H, T, hd) each
+    a = softmax_numpy((q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hd)), mask)
+    y = (a @ v).transpose(0, 2, 1, 3).reshape(B, T, -1)                        # the forward's output
+    g = dy.reshape(B, T, n_heads, hd).transpose(0, 2, 1, 3)
+    ds = softmax_backward_numpy(g @ v.transpose(0, 1, 3, 2), a) * (1.0 / math.sqrt(hd))
+    dqkv = np.stack((ds @ k, ds.transpose(0, 1, 3, 2) @ q, a.transpose(0, 1, 3, 2) @ g))
+    return y, dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, C3)
+
+
 # ---------------------------------------------------------------- timing
 
 @numba.njit(parallel=True)
@@ -200,6 +215,23 @@ def cases(model, dtype, rng):
            lambda: (gelu_numpy(g), gelu_backward_numpy(dg, g)),
            lambda: (K.gelu_forward(g), K.gelu_backward(dg, g)),
            lambda: (K.gelu_forward(g, out=act), K.gelu_backward(dg, g, out=dact)))
+
+    B, H = rows // T, N // (rows // T)
+    qkv = rng.standard_normal((B, T, 3 * C)).astype(dtype)
+    dya = rng.standard_normal((B, T, C)).astype(dtype)
+    ya, packed, dqkv = np.empty((B, T, C), dtype), np.empty((N, T * (T + 1) // 2), dtype), np.empty_like(qkv)
+
+    def attn_nb(out=False):
+        y, a = K.causal_attention_forward(qkv, H, **(dict(out=ya, att_out=packed) if out else {}))
+        return K.causal_attention_backward(dya, qkv, a, H, **(dict(out=dqkv) if out else {}))
+
+    yield (f"attention {B}x{T}x{C}, {H} heads", lambda: attention_numpy(qkv, H, dya, mask),
+           attn_nb, lambda: attn_nb(out=True))
+
+    ids = rng.integers(0, V, rows)
+    table = np.zeros((V, C), dtype)
+    yield (f"embedding backward {rows}x{C}", lambda: np.add.at(table, ids, dh),
+           lambda: K.embedding_backward(dh, ids, out=table), None)
 
     logits = (2 * rng.standard_normal((rows, V))).astype(dtype)
     targets = rng.integers(0, V, rows)

@@ -274,16 +274,18 @@ class Worker:
 REPLY = "@compare-worker "
 
 
-def worker(side, config, gen_tokens):
-    """The loop of a Worker process: build one side's model, then serve requests until stdin closes."""
-    cfgd = CONFIGS[config]
+def make_runner(side, config):
+    """One side's model for `config`, in a process of its own (its thread count from thread_env)."""
     if side == "torch":
         import torch
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-        runner = Torch(cfgd)
-    else:
-        runner = Ours(cfgd)
-    here = InProcess(runner, gen_tokens)
+        return Torch(CONFIGS[config])
+    return Ours(CONFIGS[config])
+
+
+def worker(side, config, gen_tokens):
+    """The loop of a Worker process: build one side's model, then serve requests until stdin closes."""
+    here = InProcess(make_runner(side, config), gen_tokens)
     print(REPLY + json.dumps({"ready": side}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -389,13 +391,7 @@ def peak_rss_mb():
 
 
 def rss_child(side, config, gen_tokens):
-    cfgd = CONFIGS[config]
-    if side == "torch":
-        import torch
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-        runner = Torch(cfgd)
-    else:
-        runner = Ours(cfgd)
+    runner = make_runner(side, config)
     for _ in range(3):
         runner.train_step()
     runner.generate(gen_tokens)

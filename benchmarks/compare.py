@@ -664,6 +664,7 @@ def write_report(a, runs):
           "python benchmarks/compare.py --configs tiny --quick     # a quick look, prints only",
           "python benchmarks/compare.py --only train,profile --configs small --quick",
           "SCRATCHGPT_KERNELS=numpy python benchmarks/compare.py --quick   # the reference array code",
+          "python benchmarks/compare.py --configs tiny --quick --same-process   # both sides in one process",
           "```"]
     with open(a.out, "w") as f:
         f.write("\n".join(L) + "\n")

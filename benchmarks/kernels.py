@@ -23,7 +23,6 @@ loop): the reason small inputs run serially.
 
 import argparse
 import math
-import os
 import time
 
 import numba

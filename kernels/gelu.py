@@ -10,7 +10,6 @@ flattened array; numba's prange hands each thread one contiguous part of it.
 
 import math
 
-import numpy as np
 from numba import prange
 
 from ._common import as_float_array, check_same, output_array, twins

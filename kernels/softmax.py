@@ -13,7 +13,6 @@ load entries above the diagonal (of y's own buffer in the forward, of dy and y i
 backward), but only to discard them: whatever they hold, nan included, cannot reach a result.
 """
 
-import numpy as np
 from numba import prange
 
 from ._common import as_float_array, check_same, output_array, twins

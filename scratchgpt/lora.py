@@ -30,6 +30,7 @@ import os
 import numpy
 
 from scratchgpt import backend
+from scratchgpt.ops.linear import linear_forward
 
 TARGET_ALIASES = {"c_attn": ("attn.c_attn",), "c_fc": ("mlp.c_fc",), "c_proj": ("attn.c_proj", "mlp.c_proj"),
                   "attn.c_attn": ("attn.c_attn",), "attn.c_proj": ("attn.c_proj",),
@@ -41,9 +42,8 @@ TARGET_ALIASES = {"c_attn": ("attn.c_attn",), "c_fc": ("mlp.c_fc",), "c_proj": (
 # ---- the op ------------------------------------------------------------------------------
 def lora_forward(x, A, B, scale):
     """y = scale * (x @ A) @ B      (..., in) -> (..., r) -> (..., out)"""
-    x2 = x.reshape(-1, x.shape[-1])                    # (N, in): one BLAS call, not one per batch row
-    h = (x2 @ A).reshape(*x.shape[:-1], A.shape[1])    # (..., r)
-    y = (h.reshape(-1, A.shape[1]) @ B).reshape(*x.shape[:-1], B.shape[1])   # (..., out)
+    h, _ = linear_forward(x, A)                        # (..., r)   (one BLAS call over all rows)
+    y, _ = linear_forward(h, B)                        # (..., out)
     y *= scale
     return y, (x, h, A, B, scale)
 

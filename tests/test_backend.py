@@ -1,5 +1,4 @@
 """The backend switch."""
-import importlib
 import subprocess
 import sys
 

@@ -17,15 +17,12 @@ def embedding_backward(dout, cache, out=None):
     return) instead of a new zero table: only the rows of the ids are touched.
     """
     ids, shape = cache
-    xp = array_module(dout)
-    if out is not None:
-        if tuple(out.shape) != tuple(shape):
-            raise ValueError(f"out has shape {tuple(out.shape)}, the embedding table is {tuple(shape)}")
-        _scatter_add(out, ids.reshape(-1), dout.reshape(-1, shape[1]))
-        return out
-    dweight = xp.zeros(shape, dtype=dout.dtype)                 # (V, C)
-    _scatter_add(dweight, ids.reshape(-1), dout.reshape(-1, shape[1]))
-    return dweight
+    if out is None:
+        out = array_module(dout).zeros(shape, dtype=dout.dtype)  # (V, C)
+    elif tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out has shape {tuple(out.shape)}, the embedding table is {tuple(shape)}")
+    _scatter_add(out, ids.reshape(-1), dout.reshape(-1, shape[1]))
+    return out
 
 
 def _scatter_add(target, rows, values):

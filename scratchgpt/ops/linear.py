@@ -25,10 +25,6 @@ def linear_backward(dout, cache, dw_out=None):
     if dw_out is not None:
         _add_xt_dout(dw_out, x2, dout2)
         dw = dw_out
-    elif w.flags.f_contiguous and not w.flags.c_contiguous:
-        # w is a transposed view (the tied head's wte.T): give dw the same layout, so that adding
-        # it into the gradient of the (out, in) table runs over contiguous memory
-        dw = (dout2.T @ x2).T                          # (out, N) @ (N, in) -> (in, out) view
     else:
         dw = x2.T @ dout2                              # (in, N) @ (N, out) -> (in, out)
     db = dout2.sum(axis=0) if has_bias else None       # (out,)

@@ -461,23 +461,19 @@ def measure(a):
         tokens = cfgd["batch"] * cfgd["seq"]
         res = results[name] = {}
         gen_reps = max(3, a.repeats // 2) if name == "gpt2" else a.repeats
-        plan = [(key, n, reps, warm, settle) for key, n, reps, warm, settle in (
+        plan = [p for p in (  # (measure, tokens per call, rounds, warm-up rounds, settle calls)
             ("train", tokens, a.repeats, 2, 1),
             ("forward", tokens, a.repeats, 2, 1),
             # a generation runs for seconds: the other side's spinning threads touch its start only
-            ("generate", a.gen_tokens, gen_reps, 1, 0)) if key in only]
+            ("generate", a.gen_tokens, gen_reps, 1, 0)) if p[0] in only]
         if plan or "profile" in only:
             if a.same_process:
-                import torch
-                torch.set_num_threads(a.threads)
-                sides = [InProcess(Ours(cfgd), a.gen_tokens), InProcess(Torch(cfgd), a.gen_tokens)]
+                sides = in_process_sides(cfgd, a)
             else:
                 sides = [Worker(side, name, a.threads, a.gen_tokens) for side in ("ours", "torch")]
             try:
                 for key, n, reps, warm, settle in plan:
-                    (so, fo), (st, ft) = alternate(lambda: sides[0].call(key, settle),
-                                                   lambda: sides[1].call(key, settle), reps, warmup=warm)
-                    res[key] = (n / so, n / st, fo, ft)
+                    res[key] = rates(sides, key, n, reps, warm, settle)
                     report(name, key, res[key])
                 if "profile" in only:
                     rows, total = res["profile"] = sides[0].call("profile", repeats=a.repeats)
@@ -490,14 +486,8 @@ def measure(a):
                     side.close()
         if "train1p" in only and not a.same_process:
             # the old method, for comparison: both sides in this one process (see Worker)
-            import torch
-            torch.set_num_threads(a.threads)
-            sides = [InProcess(Ours(cfgd), a.gen_tokens), InProcess(Torch(cfgd), a.gen_tokens)]
-            (so, fo), (st, ft) = alternate(lambda: sides[0].call("train", 1),
-                                           lambda: sides[1].call("train", 1), a.repeats, warmup=2)
-            res["train1p"] = (tokens / so, tokens / st, fo, ft)
+            res["train1p"] = rates(in_process_sides(cfgd, a), "train", tokens, a.repeats, 2, 1)
             report(name, "train1p", res["train1p"])
-            del sides
         if "rss" in only:
             r = measure_rss(name, a.threads, a.gen_tokens)
             res["rss"] = (r["ours"]["peak_rss_mb"], r["torch"]["peak_rss_mb"])
@@ -506,6 +496,20 @@ def measure(a):
     print(f"load average after: {load_after}", flush=True)
     return {"threads": a.threads, "info": info, "load_before": load_before,
             "load_after": load_after, "results": results}
+
+
+def in_process_sides(cfgd, a):
+    """Ours and torch in this process, with torch at a.threads threads."""
+    import torch
+    torch.set_num_threads(a.threads)
+    return [InProcess(Ours(cfgd), a.gen_tokens), InProcess(Torch(cfgd), a.gen_tokens)]
+
+
+def rates(sides, key, n, repeats, warmup, settle):
+    """(ours tok/s, torch tok/s, ours page faults, torch page faults) of one measure, n tokens a call."""
+    (so, fo), (st, ft) = alternate(lambda: sides[0].call(key, settle), lambda: sides[1].call(key, settle),
+                                   repeats, warmup=warmup)
+    return n / so, n / st, fo, ft
 
 
 def report(name, key, r):

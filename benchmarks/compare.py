@@ -36,6 +36,7 @@ machine may be shared: the load average is recorded before and after, and ratios
 > 1 means we are faster) are more trustworthy than the absolute numbers.
 """
 import argparse
+import inspect
 import json
 import math
 import os
@@ -302,7 +303,7 @@ def loadavg():
 
 # ---------------------------------------------------------------- per-op profile
 class OpTimer:
-    """Wraps the scratchgpt.ops functions that scratchgpt.model calls with timers (this script only)."""
+    """Wraps the op functions that scratchgpt.model calls (backend.ops) with timers (this script only)."""
 
     def __init__(self):
         self.t, self.n = {}, {}
@@ -332,7 +333,7 @@ class OpTimer:
     def wrap(self, module, name):
         fn = getattr(module, name)
         setattr(module, name, self.timed(fn, lambda args: self.label(name, args)))
-        self.patched.append((module, name, fn))
+        self.patched.append((module, name, fn if inspect.ismodule(module) else None))
 
     def wrap_method(self, obj, name, key):
         fn = getattr(obj, name)
@@ -352,12 +353,12 @@ class OpTimer:
 def profile_step(ours, repeats):
     """Seconds per step of each op of our training step (median over steps), and the step total."""
     import scratchgpt
-    import scratchgpt.model as M
+    from scratchgpt import backend, ops
     ours.train_step()                                        # warm-up
     timer = OpTimer()
-    for name in list(vars(M)):
-        if name.endswith(("_forward", "_backward")) and callable(getattr(M, name)):
-            timer.wrap(M, name)
+    for name in list(vars(ops)):
+        if name.endswith(("_forward", "_backward")) and callable(getattr(ops, name)):
+            timer.wrap(backend.ops, name)
     timer.wrap(scratchgpt, "clip_grad_norm")
     timer.wrap_method(ours.opt, "step", "AdamW step")
     timer.wrap_method(ours.model, "zero_grad", "zero_grad")

@@ -13,6 +13,7 @@ linear layer of every block, the new classification head trains in full.
 Afterwards the adapters are saved alone (a small .npz) and merged into the weights,
 W' = W + (alpha / r) A B, which gives the same logits as the unmerged model.
 """
+import copy
 import os
 import sys
 import time
@@ -69,14 +70,14 @@ def main(argv=None):
     lmodel = lora.add_lora(model, rank, args.alpha, trainable=["score"])
     n_lora = len(lora.lora_names(lmodel))
     n, total = lmodel.num_trainable_parameters(), lmodel.num_parameters()
-    print(f"rank {rank}, alpha {lmodel.cfg.lora_alpha:g}: {n_lora} adapter matrices; trainable {n:,} of "
+    print(f"rank {rank}, alpha {lmodel.extensions['lora_alpha']:g}: {n_lora} adapter matrices; trainable {n:,} of "
           f"{total:,} ({n / total:.1%}, the classification head included); the base model alone: "
           f"{model.num_parameters():,}")
     before = ft.accuracy_table(lmodel, tok, data, max_length)
     print("accuracy before: " + ", ".join(f"{k} {v:.1%}" for k, v in before.items()))
 
     batch = next(ft.classification_batches(ft.encode_examples(data.train, tok, max_length), 8, ft.pad_id_for(tok)))
-    full = ft.rebuild_model(model)                      # a copy, everything trainable
+    full = copy.deepcopy(model).set_trainable(None)     # a copy, everything trainable
     t = fastest_steps({"full": full, "lora": lmodel}, batch, 3 if args.smoke else 6)
     print(f"fastest step: full fine-tuning {t['full'] * 1e3:.1f} ms, LoRA {t['lora'] * 1e3:.1f} ms "
           f"(LoRA still runs the whole backward, but skips every frozen weight's dW)")

@@ -23,9 +23,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from scratchgpt import GPTConfig, GPTModel  # noqa: E402
+from scratchgpt.analysis.gradcam import backward_blocks, forward_blocks  # noqa: E402
 from scratchgpt.generate import generate  # noqa: E402
 from scratchgpt.model import parameter_shapes  # noqa: E402
-from scratchgpt.ops import (gelu_backward, gelu_forward, layernorm_forward,  # noqa: E402
+from scratchgpt.ops import (cross_entropy_backward, cross_entropy_forward, gelu_backward, gelu_forward,  # noqa: E402
+                            layernorm_forward,
                             linear_backward, linear_forward, softmax_forward)
 from scratchgpt.tokenizer import BPETokenizer  # noqa: E402
 
@@ -120,7 +122,7 @@ def gelu_and_feed_forward(model, out):
     plt.close(fig)
     print(f"saved {path}")
 
-    ffn = model.blocks[0].ff                # GPT-2's mlp.c_fc and mlp.c_proj, layer 0
+    ffn = model.trf_blocks[0].ff                # GPT-2's mlp.c_fc and mlp.c_proj, layer 0
     C = model.cfg.emb_dim
     x = np.random.default_rng(0).random((2, 3, C), dtype=np.float32)
     P = model.state_dict()
@@ -216,7 +218,7 @@ def shortcut_connections(out):
 # ---- 4.5 Connecting attention and linear layers in a transformer block -----------------------------------
 def transformer_block(model):
     print("\n=== 4.5 Connecting attention and linear layers in a transformer block ===")
-    block = model.blocks[0]                 # ln_1 -> attention -> shortcut; ln_2 -> feed forward -> shortcut
+    block = model.trf_blocks[0]                 # ln_1 -> attention -> shortcut; ln_2 -> feed forward -> shortcut
     x = np.random.default_rng(0).random((2, 4, model.cfg.emb_dim), dtype=np.float32)
     output = block.forward(x)
     print(f"Input shape: {x.shape}")
@@ -237,14 +239,16 @@ def pre_vs_post_layernorm(out, smoke):
         cfg = GPTConfig(vocab_size=96, context_length=64, emb_dim=128, n_heads=4, n_layers=n_layers,
                         post_norm=post_norm)
         model = GPTModel(cfg, seed=0)           # the same weights for both: only the order differs
-        model.loss(idx, targets)
-        model.backward()
+        # forward_blocks / backward_blocks: the model's forward and backward, block by block,
+        # keeping the gradient in the residual stream at each block's output
+        logits, _ = forward_blocks(model, idx)
+        loss, cache = cross_entropy_forward(logits, targets)
+        stream = backward_blocks(model, cross_entropy_backward(1.0, cache))
         grads = model.grads()
         param_norms[post_norm] = [math.sqrt(sum(float((g * g).sum()) for k, g in grads.items()
                                                 if k.startswith(f"transformer.h.{i}.")))
                                   for i in range(n_layers)]
-        # model.activation_grads[i + 1]: d loss / d (output of block i), the gradient in the residual stream
-        stream_norms[post_norm] = [float(np.linalg.norm(g)) for g in model.activation_grads[1:]]
+        stream_norms[post_norm] = [float(np.linalg.norm(g)) for g in stream[1:]]   # d loss / d (output of block i)
     for name, post in (("pre-LN ", False), ("post-LN", True)):
         p, a = param_norms[post], stream_norms[post]
         print(f"{name} parameter gradient norm per layer: {' '.join(f'{v:.3f}' for v in p)}")

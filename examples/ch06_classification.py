@@ -14,6 +14,7 @@ mathematics), 300 of each, split 70/10/20. The book's spam file works too (--csv
 Without --gpt2-dir or --out-dir the base model is a small BPE GPT pretrained briefly on the
 three corpora (scratchgpt.finetune.pretrain_base), kept in out/finetune-base and reused.
 """
+import copy
 import statistics
 import sys
 import time
@@ -30,7 +31,7 @@ def step_time_saving(model, tok, data, max_length, n=6):
     the frozen backward stops at the last block and never reaches the embeddings."""
     section("Frozen layers make a step cheaper")
     batch = next(ft.classification_batches(ft.encode_examples(data.train, tok, max_length), 8, ft.pad_id_for(tok)))
-    models = {spec: ft.rebuild_model(model).set_trainable(ft.trainable_prefixes(model.cfg, spec))
+    models = {spec: copy.deepcopy(model).set_trainable(ft.trainable_prefixes(model, spec))
               for spec in ("all", "last-block")}
     t = fastest_steps(models, batch, n)
     full, frozen = t["all"], t["last-block"]
@@ -78,7 +79,7 @@ def main(argv=None):
 
     section("6.5 A classification head instead of the LM head; freeze all but the top")
     model = ft.add_classification_head(model, len(data.labels))
-    trainable = ft.trainable_prefixes(model.cfg, "last-block")
+    trainable = ft.trainable_prefixes(model, "last-block")
     model.freeze(trainable)
     n, total = model.num_trainable_parameters(), model.num_parameters()
     print(f"score: emb_dim {model.cfg.emb_dim} -> {len(data.labels)} classes; trainable {n:,} of {total:,} "

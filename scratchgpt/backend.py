@@ -1,26 +1,41 @@
-"""The backend switch: which array library does the math, in which precision.
+"""The backend switch: which array library does the math, and which version of the ops.
 
     import scratchgpt as sg
     sg.backend.use("numpy")     # the default; "cupy" runs the same code on a GPU
                                 # (or set SCRATCHGPT_BACKEND=cupy before importing)
 
-All math in `scratchgpt.ops` asks `array_module(x)` for the namespace of the arrays it
-was given, so the ops never import NumPy or CuPy themselves; code that *creates* arrays
-(model init, batches) uses `backend.xp`, the namespace chosen here.
+Code that *creates* arrays (model init, batches) uses `backend.xp`, the namespace chosen here.
+The model calls its ops through `backend.ops`, chosen here too and nowhere else:
 
-The fused numba kernels are switched here too, in one place (`fused`):
-SCRATCHGPT_KERNELS=numba (the default when numba imports) or numpy (the readable
-reference code in the ops). NumPy arrays get the CPU kernels (`scratchgpt.kernels`),
-CuPy arrays the GPU ones written with numba.cuda (`scratchgpt.kernels.cuda`) when
-numba.cuda finds the GPU and its compiler, and the reference code otherwise.
+- `scratchgpt.ops`, the reference array code (the readable versions), or
+- `scratchgpt.kernels.ops.FastOps`, the same functions with the same signatures and caches on
+  fused kernels: numba CPU kernels for NumPy, numba.cuda kernels for CuPy where numba.cuda
+  finds the GPU and its compiler.
+
+SCRATCHGPT_KERNELS=numba (the default when numba imports) or numpy (the reference code
+everywhere); `use_kernels(False)` switches at run time (the change applies from the next
+forward pass: a backward uses the version its forward used).
+
+Threads. The first time the CPU kernels are chosen, `tune_threads()` runs: numba's
+workqueue threading layer (its default OpenMP pool spins between kernels and fought OpenBLAS's
+threads for 2 cores) and a short spin for OpenBLAS's idle workers. It changes process-wide
+settings, so SCRATCHGPT_TUNE_THREADS=0 turns it off; a NUMBA_THREADING_LAYER or
+OPENBLAS_THREAD_TIMEOUT you set yourself always wins.
 """
 import os
 
 import numpy
 
+from scratchgpt import ops as reference_ops
+from scratchgpt.arrays import array_module, to_numpy  # noqa: F401  (re-exported)
+
 xp = numpy                      # the active array namespace
 name = "numpy"
 DTYPES = {"float32": numpy.float32, "float64": numpy.float64}
+_kernels_on = os.environ.get("SCRATCHGPT_KERNELS", "numba").lower()
+if _kernels_on not in ("numba", "numpy"):
+    raise ValueError(f"SCRATCHGPT_KERNELS={_kernels_on!r}: use 'numba' or 'numpy'")
+_kernels_on = _kernels_on == "numba"
 
 
 def use(backend_name):
@@ -32,6 +47,7 @@ def use(backend_name):
         xp, name = _import_cupy(), "cupy"
     else:
         raise ValueError(f"unknown backend {backend_name!r}: use 'numpy' or 'cupy'")
+    globals().pop("ops", None)                  # chosen again on next use
     return xp
 
 
@@ -46,21 +62,6 @@ def _import_cupy():
         raise RuntimeError("the 'cupy' backend needs a CUDA GPU, and CuPy sees none "
                            "(cupy.cuda.is_available() is False)")
     return cupy
-
-
-def array_module(x):
-    """NumPy or CuPy, whichever owns the array `x` (NumPy for plain Python values)."""
-    if type(x).__module__.startswith("cupy"):
-        import cupy
-        return cupy
-    return numpy
-
-
-def to_numpy(x):
-    """A host (NumPy) copy of an array from either backend; NumPy arrays pass through."""
-    if type(x).__module__.startswith("cupy"):
-        return x.get()
-    return numpy.asarray(x)
 
 
 def asarray(x, dtype=None):
@@ -85,33 +86,64 @@ def rng(seed):
     return xp.random.default_rng(seed)
 
 
-# ---- the kernel switch: read once, here ------------------------------------------------
-def _load_kernels():
-    choice = os.environ.get("SCRATCHGPT_KERNELS", "numba").lower()
-    if choice not in ("numba", "numpy"):
-        raise ValueError(f"SCRATCHGPT_KERNELS={choice!r}: use 'numba' or 'numpy'")
-    if choice == "numpy":
-        return None
-    # numba's default OpenMP pool spins and fights OpenBLAS's threads for the 2 cores between
-    # kernels (measured: 3 ms of kernels took 24 ms); the workqueue layer does not.
-    user_choice = "NUMBA_THREADING_LAYER" in os.environ
-    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+# ---- the op switch: the one place that chooses reference or fast ops ----------------------
+def use_kernels(enabled):
+    """Turn the fused kernels on or off at run time (tests compare both paths)."""
+    global _kernels_on
+    _kernels_on = bool(enabled)
+    globals().pop("ops", None)
+
+
+def _select_ops():
+    """scratchgpt.ops, or FastOps over the kernels for the active backend where they run."""
+    if not _kernels_on:
+        return reference_ops
     try:
-        import numba
+        from scratchgpt.kernels.ops import FastOps
+        if name == "cupy":
+            from scratchgpt.kernels import cuda
+            return FastOps(cuda) if cuda.available() else reference_ops
         from scratchgpt import kernels
-    except ImportError:          # numba missing: the reference code is used
-        return None
-    # numba reads the variable when it is first imported; if the user's script imported numba
-    # before us, set its config directly (it takes effect at the first parallel launch).
-    if not user_choice:
-        numba.config.THREADING_LAYER = "workqueue"
-    return kernels
+    except ImportError:          # numba missing: the reference code
+        return reference_ops
+    tune_threads()
+    return FastOps(kernels)
 
 
-_kernels = _load_kernels()
+def __getattr__(attr):
+    """`backend.ops` is chosen on first use (and again after use() or use_kernels())."""
+    if attr == "ops":
+        globals()["ops"] = chosen = _select_ops()
+        return chosen
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-# ---- OpenBLAS's idle threads ---------------------------------------------------------------
+# ---- threads ---------------------------------------------------------------------------------
+_tuned = False
+
+
+def tune_threads():
+    """Thread settings that keep numba's and OpenBLAS's pools from fighting over the cores.
+
+    Runs once, the first time the CPU kernels are chosen; SCRATCHGPT_TUNE_THREADS=0 turns it
+    off, and settings you make yourself (NUMBA_THREADING_LAYER, OPENBLAS_THREAD_TIMEOUT) win.
+    """
+    global _tuned
+    if _tuned or os.environ.get("SCRATCHGPT_TUNE_THREADS", "1") == "0":
+        return
+    _tuned = True
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        # numba's default OpenMP pool spins and fights OpenBLAS's threads for the cores between
+        # kernels (measured on 2 cores: 3 ms of kernels took 24 ms); the workqueue layer does not.
+        os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
+        try:
+            import numba
+            numba.config.THREADING_LAYER = "workqueue"     # numba read the variable at its import
+        except ImportError:
+            pass
+    _quiet_openblas()
+
+
 def openblas_library():
     """NumPy's OpenBLAS as a ctypes library, or None (another BLAS, or not Linux)."""
     import ctypes
@@ -128,17 +160,9 @@ def openblas_library():
 
 
 def _quiet_openblas(timeout=20):
-    """After each matrix product, OpenBLAS's worker threads keep spinning for 2^28 cycles
-    (~0.1 s) before they sleep. On 2 cores that takes a core from whatever runs next: the
-    numba kernel after a linear layer, or another process. 2^20 cycles (~0.4 ms) still
-    covers products that follow each other closely.
-
-    Measured (tiny and small models, alternating in one process): training steps +1-9%,
-    KV-cache generation +4-5% (2^4 cycles: generation -33%, each product then waits for its
-    threads to wake). The worker pool is restarted so that it takes the new setting even when
-    NumPy was imported before us. OPENBLAS_THREAD_TIMEOUT set by the user (4-30, a power of
-    two of cycles) is left alone.
-    """
+    """OpenBLAS's idle workers spin 2^20 cycles (~0.4 ms) after a product instead of 2^28 (~0.1 s),
+    so they do not take a core from the numba kernel that follows a linear layer. The worker
+    pool is restarted so that it takes the setting even though NumPy was imported first."""
     if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
         return
     lib = openblas_library()
@@ -147,46 +171,6 @@ def _quiet_openblas(timeout=20):
     os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(timeout)
     lib.openblas_read_env()          # re-read the environment into OpenBLAS's settings
     lib.blas_thread_shutdown_()      # the workers restart, with the new timeout, on the next product
-
-
-_quiet_openblas()
-
-
-def use_kernels(enabled):
-    """Turn the numba kernels on or off at run time (tests compare both paths)."""
-    global _kernels
-    if enabled:
-        from scratchgpt import kernels
-        _kernels = kernels
-    else:
-        _kernels = None
-
-
-def fused(x):
-    """The fused kernels for array `x` while they are on, else None (the reference array code):
-    the CPU kernels for a NumPy array, the numba.cuda kernels for a CuPy array."""
-    if _kernels is None:
-        return None
-    if type(x).__module__.startswith("cupy"):
-        return _cuda_kernels()
-    if isinstance(x, numpy.ndarray):
-        return _kernels
-    return None
-
-
-_cuda = None                    # scratchgpt.kernels.cuda once imported; False where it cannot run
-
-
-def _cuda_kernels():
-    """scratchgpt.kernels.cuda if numba.cuda works here (a GPU and its compiler), else None."""
-    global _cuda
-    if _cuda is None:
-        try:
-            from scratchgpt.kernels import cuda
-            _cuda = cuda if cuda.available() else False
-        except ImportError:
-            _cuda = False
-    return _cuda or None
 
 
 if os.environ.get("SCRATCHGPT_BACKEND"):

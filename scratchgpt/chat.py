@@ -19,6 +19,7 @@ import sys
 import numpy
 
 from scratchgpt import backend
+from scratchgpt.command import run as run_command
 
 STOP_STRINGS = ("\n\n###",)        # an Alpaca model starting the next section has finished
 HELP = "commands: /reset  /temp X  /topk K  /help; Ctrl-C stops a reply, Ctrl-D leaves"
@@ -34,8 +35,8 @@ class Chat:
     def __init__(self, model, tokenizer, alpaca, max_new_tokens=None, temperature=0.7, top_k=40,
                  seed=0, out=sys.stdout, note=None):
         from scratchgpt.lora import merge_lora
-        if model.cfg.num_classes:
-            raise ValueError(f"this model is a classifier ({model.cfg.num_classes} classes, chapter 6); "
+        if model.extensions.get("num_classes"):
+            raise ValueError(f"this model is a classifier ({model.extensions['num_classes']} classes, chapter 6); "
                              "chat needs a language model")
         self.model = merge_lora(model).eval()       # the KV-cached generation runs on plain weights
         self.tok, self.alpaca = tokenizer, alpaca
@@ -229,8 +230,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "chat":
         argv = ["chat"] + argv
-    from scratchgpt.cli import run
-    return run(p.parse_args(argv))
+    return run_command(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,15 @@ anything unreadable into one `CheckpointError` that says which file and why.
 """
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 
 import numpy
 
 from scratchgpt import backend
+from scratchgpt.classifier import add_classification_head
+from scratchgpt.files import atomic_write  # noqa: F401  (also used as checkpoint.atomic_write)
+from scratchgpt.lora import add_lora
 from scratchgpt.model import GPTConfig, GPTModel
 
 FORMAT = "scratchgpt-checkpoint-v1"
@@ -39,7 +41,7 @@ class Checkpoint:
 
 def save(path, model, tokenizer=None, optimizer=None, train_state=None):
     """Write a checkpoint atomically; `optimizer` and `train_state` are what `--resume` needs."""
-    meta = {"format": FORMAT, "config": model.cfg.to_dict(), "dtype": str(model.dtype),
+    meta = {"format": FORMAT, "config": model_config(model), "dtype": str(model.dtype),
             "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
             "train_state": train_state}
     arrays = {f"param/{k}": backend.to_numpy(v) for k, v in model.state_dict().items()}
@@ -50,29 +52,6 @@ def save(path, model, tokenizer=None, optimizer=None, train_state=None):
         meta["optimizer"] = state
     arrays["meta.json"] = numpy.frombuffer(json.dumps(meta).encode("utf-8"), dtype=numpy.uint8)
     atomic_write(path, lambda f: numpy.savez(f, **arrays))
-
-
-def atomic_write(path, write):
-    """Call write(file) on a temporary file beside `path`, fsync it, then rename it to `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)                  # atomic on POSIX and Windows
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:                                       # make the rename itself durable
-        dfd = os.open(folder, os.O_RDONLY)
-        os.fsync(dfd)
-        os.close(dfd)
-    except OSError:
-        pass
 
 
 def read(path):
@@ -102,14 +81,14 @@ def load(path, dtype=None, config=None):
     """
     meta, arrays = read(path)
     try:
-        cfg = GPTConfig.from_dict(meta["config"])
+        cfg, extensions = split_config(meta["config"])
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path} has an invalid model config: {e}") from None
     if config is not None and config != cfg:
         diff = {k: (v, getattr(config, k)) for k, v in cfg.to_dict().items() if getattr(config, k) != v}
         raise CheckpointError(f"{path} was trained with a different model config "
                               f"(checkpoint vs asked: {diff})")
-    model = GPTModel(cfg, dtype=dtype or meta.get("dtype", "float32"), init=False)
+    model = build_model(cfg, extensions, dtype=dtype or meta.get("dtype", "float32"))
     params = {k[len("param/"):]: v.astype(model.dtype, copy=False)
               for k, v in arrays.items() if k.startswith("param/")}
     try:
@@ -130,3 +109,36 @@ def load(path, dtype=None, config=None):
     if "optim/m" in arrays and "optimizer" in meta:
         optimizer_state = dict(meta["optimizer"], m=arrays["optim/m"], v=arrays["optim/v"])
     return Checkpoint(model, tokenizer, optimizer_state, meta.get("train_state"), meta)
+
+
+# ---- the config: the book's GPTConfig plus what fine-tuning added -----------------------------
+EXTENSION_KEYS = ("num_classes", "lora_rank", "lora_alpha", "lora_targets")
+
+
+def model_config(model):
+    """The JSON config of a model: GPTConfig's fields, and a classifier's or LoRA's settings."""
+    return {**model.cfg.to_dict(), **model.extensions}
+
+
+def split_config(d):
+    """(GPTConfig, extensions) from a saved config; a zero num_classes / lora_rank means none."""
+    d = dict(d)
+    ext = {k: d.pop(k) for k in EXTENSION_KEYS if k in d}
+    if not ext.get("lora_rank"):
+        for k in ("lora_rank", "lora_alpha", "lora_targets"):
+            ext.pop(k, None)
+    if not ext.get("num_classes"):
+        ext.pop("num_classes", None)
+    return GPTConfig.from_dict(d), ext
+
+
+def build_model(cfg, extensions=None, dtype="float32", seed=0):
+    """A GPTModel (zeros, for a loader) with a classification head and/or LoRA adapters."""
+    ext = extensions or {}
+    model = GPTModel(cfg, seed=seed, dtype=dtype, init=False)
+    if ext.get("num_classes"):
+        model = add_classification_head(model, int(ext["num_classes"]))
+    if ext.get("lora_rank"):
+        model = add_lora(model, int(ext["lora_rank"]), float(ext["lora_alpha"]), ext.get("lora_targets", "all"),
+                         freeze=False)
+    return model

@@ -14,8 +14,7 @@ import os
 import sys
 
 from scratchgpt import backend
-
-USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, FloatingPointError)
+from scratchgpt.command import USER_ERRORS, run  # noqa: F401  (run: also cli.run)
 
 
 def _train_parser(sub):
@@ -153,19 +152,6 @@ def _more_commands():
 
 def main(argv=None):
     return run(build_parser().parse_args(argv))
-
-
-def run(args):
-    """Run a parsed command: a user's mistake prints one line and exits 2, Ctrl-C exits 130.
-    (Also the end of `python -m scratchgpt.chat` and `python -m scratchgpt.finetune`.)"""
-    try:
-        return args.func(args)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

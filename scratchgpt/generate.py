@@ -12,13 +12,12 @@ tokens. Position embeddings stop at `context_length`, so once the window is full
 cached keys would sit at the wrong positions: from then on each step recomputes the last
 `context_length` tokens, exactly what the uncached path does.
 """
-import math
-
 import numpy
 
 from scratchgpt import backend
-from scratchgpt.backend import array_module
-from scratchgpt.ops import gelu_forward, layernorm_forward, linear_forward, softmax_forward
+from scratchgpt.arrays import array_module
+from scratchgpt.model import KVCache  # noqa: F401  (generation's cache, kept in the model's layers)
+from scratchgpt.ops import softmax_forward
 
 
 # ---- picking the next token --------------------------------------------------------------
@@ -61,70 +60,6 @@ def sample_next(logits, temperature=0.0, top_k=None, top_p=None, rng=None):
     return xp.minimum(nxt, probs.shape[-1] - 1)
 
 
-# ---- the cached forward ------------------------------------------------------------------
-class KVCache:
-    """Keys and values of every block for positions 0..length-1: (B, H, context_length, hd)."""
-
-    def __init__(self, model, batch_size):
-        cfg = model.cfg
-        xp = array_module(model.flat_params)
-        hd = cfg.emb_dim // cfg.n_heads
-        shape = (batch_size, cfg.n_heads, cfg.context_length, hd)
-        self.k = [xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layers)]
-        self.v = [xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layers)]
-        self.length = 0
-
-
-def forward_cached(model, idx, cache):
-    """Logits (B, T_new, V) for tokens `idx` (B, T_new) placed after the cache's `length` tokens.
-
-    Inference only (no backward, no dropout); the same math as GPTModel.forward, where
-    query t of the new chunk attends to every cached key and to new keys up to itself.
-    """
-    cfg, P = model.cfg, model.params
-    if cfg.lora_rank or cfg.num_classes:
-        raise ValueError("the KV-cache path runs plain language models only: merge LoRA adapters first "
-                         "(scratchgpt.lora) and use a model with a language-model head, not a classifier")
-    xp = array_module(model.flat_params)
-    B, Tn = idx.shape
-    start = cache.length
-    if start + Tn > cfg.context_length:
-        raise ValueError(f"the KV cache holds {start} tokens; {Tn} more exceed the context length {cfg.context_length}")
-    H, hd = cfg.n_heads, cfg.emb_dim // cfg.n_heads
-    x = P["transformer.wte.weight"][idx] + P["transformer.wpe.weight"][start:start + Tn]   # (B, Tn, C)
-    # key j is visible to new query i when j <= start + i
-    future = xp.arange(start + Tn)[None, :] > (start + xp.arange(Tn))[:, None]             # (Tn, start+Tn)
-    for i in range(cfg.n_layers):
-        h = f"transformer.h.{i}."
-        a = x if cfg.post_norm else layernorm_forward(x, P[h + "ln_1.weight"], P[h + "ln_1.bias"])[0]
-        qkv, _ = linear_forward(a, P[h + "attn.c_attn.weight"], P.get(h + "attn.c_attn.bias"))
-        q, k, v = qkv.reshape(B, Tn, 3, H, hd).transpose(2, 0, 3, 1, 4)                  # (B, H, Tn, hd)
-        cache.k[i][:, :, start:start + Tn] = k
-        cache.v[i][:, :, start:start + Tn] = v
-        keys, values = cache.k[i][:, :, :start + Tn], cache.v[i][:, :, :start + Tn]
-        scores = (q @ keys.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hd))                 # (B, H, Tn, start+Tn)
-        att, _ = softmax_forward(xp.where(future, -xp.inf, scores))
-        y = (att @ values).transpose(0, 2, 1, 3).reshape(B, Tn, cfg.emb_dim)
-        y, _ = linear_forward(y, P[h + "attn.c_proj.weight"], P[h + "attn.c_proj.bias"])
-        if cfg.post_norm:
-            x = layernorm_forward(x + y, P[h + "ln_1.weight"], P[h + "ln_1.bias"])[0]
-            f = _mlp(x, P, h, cfg)
-            x = layernorm_forward(x + f, P[h + "ln_2.weight"], P[h + "ln_2.bias"])[0]
-        else:
-            x = x + y
-            f = _mlp(layernorm_forward(x, P[h + "ln_2.weight"], P[h + "ln_2.bias"])[0], P, h, cfg)
-            x = x + f
-    cache.length = start + Tn
-    x = layernorm_forward(x, P["transformer.ln_f.weight"], P["transformer.ln_f.bias"])[0]
-    return linear_forward(x, P[model.head_name].T)[0]                                    # (B, Tn, V)
-
-
-def _mlp(x, P, h, cfg):
-    f, _ = linear_forward(x, P[h + "mlp.c_fc.weight"], P[h + "mlp.c_fc.bias"])
-    f, _ = gelu_forward(f, cfg.gelu_approximate)
-    return linear_forward(f, P[h + "mlp.c_proj.weight"], P[h + "mlp.c_proj.bias"])[0]
-
-
 # ---- the loop ----------------------------------------------------------------------------
 def generate(model, idx, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
              rng=None, eos_id=None, use_cache=True, on_token=None):
@@ -138,7 +73,10 @@ def generate(model, idx, max_new_tokens, temperature=0.0, top_k=None, top_p=None
     idx = numpy.asarray(idx) if isinstance(idx, (list, tuple)) else idx
     if idx.ndim == 1:
         idx = idx[None, :]
-    model._check_ids(idx[:, -model.cfg.context_length:], "prompt token ids")
+    if model.extensions.get("num_classes"):
+        raise ValueError(f"this model is a classifier ({model.extensions['num_classes']} classes, chapter 6): "
+                         "it predicts a class, not a next token")
+    model._check_ids(idx[:, -model.cfg.context_length:], what="prompt token ids")
     was_training = model.training
     model.eval()
     ctx = model.cfg.context_length
@@ -149,10 +87,10 @@ def generate(model, idx, max_new_tokens, temperature=0.0, top_k=None, top_p=None
         for step in range(max_new_tokens):
             if use_cache and (cache is None or cache.length < ctx):
                 if cache is None:                     # prefill: the (cropped) prompt at once
-                    cache = KVCache(model, out.shape[0])
-                    logits = forward_cached(model, out[:, -ctx:], cache)
-                else:                                 # one new token
-                    logits = forward_cached(model, out[:, -1:], cache)
+                    cache = model.kv_cache(out.shape[0])
+                    logits = model.forward(out[:, -ctx:], kv_cache=cache)
+                else:                                 # one new token after the cached ones
+                    logits = model.forward(out[:, -1:], kv_cache=cache)
             else:                                     # no cache, or the window is full
                 logits = model.forward(out[:, -ctx:])
             nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, rng)

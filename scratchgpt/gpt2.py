@@ -98,9 +98,6 @@ def gpt2_config_to_hf(cfg):
     if cfg.post_norm:
         raise ValueError("a post_norm model is not GPT-2 (GPT-2 normalises before each sublayer); "
                          "it cannot be written in GPT-2's layout")
-    if cfg.lora_rank or cfg.num_classes:
-        raise ValueError("save_gpt2 writes language models: merge LoRA adapters first (scratchgpt.lora), "
-                         "and a classifier (num_classes > 0) has no GPT2LMHeadModel layout")
     d = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
          "vocab_size": cfg.vocab_size, "n_positions": cfg.context_length, "n_ctx": cfg.context_length,
          "n_embd": cfg.emb_dim, "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_inner": None,
@@ -332,6 +329,9 @@ def save_gpt2(model, path, dtype=None):
     qkv bias gets a zero c_attn.bias, which computes the same thing in GPT-2's layout.
     """
     cfg = model.cfg
+    if model.extensions:
+        raise ValueError("save_gpt2 writes language models: merge LoRA adapters first (scratchgpt.lora), "
+                         "and a classifier (num_classes > 0) has no GPT2LMHeadModel layout")
     config = gpt2_config_to_hf(cfg)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

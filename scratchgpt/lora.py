@@ -19,17 +19,19 @@ x W' = x W + (alpha / r) (x A) B), and the model is a plain GPT again.
     save_adapters(model, "adapters.npz")             # A and B only (a few MB for GPT-2)
     plain = merge_lora(model)                        # W + (alpha / r) A B, no adapters left
 
-The adapters are parameters of the model itself (config fields lora_rank, lora_alpha,
-lora_targets add `...c_attn.lora_A` / `lora_B` to the state dict), so the optimizer, gradient
-checks and checkpoints need nothing special; model.Linear calls the pair below.
+The adapters are parameters of the model itself (`...c_attn.lora_A` / `lora_B` join the flat
+buffer and the state dict), so the optimizer, gradient checks and checkpoints need nothing
+special; add_lora swaps each target Linear of the model for a LoRALinear, which adds the pair
+below to the plain linear's forward and backward.
 """
-import dataclasses
 import math
 import os
 
 import numpy
 
 from scratchgpt import backend
+from scratchgpt.files import atomic_write
+from scratchgpt.model import GPTModel, Linear
 from scratchgpt.ops.linear import linear_forward
 
 TARGET_ALIASES = {"c_attn": ("attn.c_attn",), "c_fc": ("mlp.c_fc",), "c_proj": ("attn.c_proj", "mlp.c_proj"),
@@ -60,9 +62,31 @@ def lora_backward(dy, cache):
     return dx, dA, dB
 
 
+class LoRALinear(Linear):
+    """A Linear with adapters: y = x W + b + scale (x A) B, scale = alpha / r."""
+
+    def __init__(self, model, prefix, scale):
+        super().__init__(model, prefix)
+        self.scale = scale
+
+    def forward(self, x):
+        out = super().forward(x)                                      # x W + b
+        y, self.lora_cache = lora_forward(x, self.p["lora_A"], self.p["lora_B"], self.scale)
+        return out + y
+
+    def backward(self, dout):
+        dx = super().backward(dout)                                   # through x W + b (W frozen or not)
+        dx_lora, dA, dB = lora_backward(dout, self.lora_cache)
+        if self.trains("lora_A"):
+            self.g["lora_A"] += dA
+        if self.trains("lora_B"):
+            self.g["lora_B"] += dB
+        return dx + dx_lora
+
+
 # ---- adding, counting, saving and merging adapters ---------------------------------------
 def parse_targets(spec):
-    """"c_attn,c_fc" / ["attn.c_proj"] / "all" -> the block-relative names GPTConfig takes."""
+    """"c_attn,c_fc" / ["attn.c_proj"] / "all" -> the block-relative names of the linears."""
     items = [t.strip() for t in spec.split(",")] if isinstance(spec, str) else list(spec)
     out = []
     for t in items:
@@ -77,12 +101,28 @@ def lora_names(model):
     return [k for k in model.params if k.endswith(".lora_A") or k.endswith(".lora_B")]
 
 
+def adapter_shapes(cfg, rank, targets="all"):
+    """{name: shape} of the adapters: W (in, out) gets A (in, r) and B (r, out)."""
+    C = cfg.emb_dim
+    sizes = {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}
+    shapes = {}
+    for i in range(cfg.n_layers):
+        for t in parse_targets(targets):
+            d_in, d_out = sizes[t]
+            shapes[f"transformer.h.{i}.{t}.lora_A"] = (d_in, rank)
+            shapes[f"transformer.h.{i}.{t}.lora_B"] = (rank, d_out)
+    return shapes
+
+
 def lora_parameter_count(cfg, rank, targets="all"):
     """Adapter parameters for a config, from shapes only (no 124M model is built)."""
-    from scratchgpt.model import parameter_shapes
-    shapes = parameter_shapes(dataclasses.replace(cfg, lora_rank=rank, lora_alpha=float(rank),
-                                                  lora_targets=parse_targets(targets)))
-    return sum(math.prod(s) for k, s in shapes.items() if ".lora_" in k)
+    return sum(math.prod(s) for s in adapter_shapes(cfg, rank, targets).values())
+
+
+def _slot(block, target):
+    """(layer, attribute) holding the linear `target` ("attn.c_attn", ...) of a TransformerBlock."""
+    part, name = target.split(".")
+    return (block.att if part == "attn" else block.ff), name
 
 
 def add_lora(model, rank, alpha=None, targets="all", seed=0, freeze=True, trainable=()):
@@ -92,18 +132,25 @@ def add_lora(model, rank, alpha=None, targets="all", seed=0, freeze=True, traina
     weight is frozen and only the adapters (and the names in `trainable`, e.g. a new
     classification head "score") train.
     """
-    if model.cfg.lora_rank:
-        raise ValueError(f"the model already has LoRA adapters (rank {model.cfg.lora_rank}); "
+    if model.extensions.get("lora_rank"):
+        raise ValueError(f"the model already has LoRA adapters (rank {model.extensions['lora_rank']}); "
                          "merge_lora(model) first to stack another set")
-    if rank < 1:
-        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-    alpha = float(rank if alpha is None else alpha)
-    cfg = dataclasses.replace(model.cfg, lora_rank=int(rank), lora_alpha=alpha,
-                              lora_targets=parse_targets(targets))
-    new = type(model)(cfg, seed=seed, dtype=model.dtype)        # adapters initialised here
-    for k, v in model.params.items():
-        new.params[k][...] = v
-    new.rng = model.rng
+    if int(rank) != rank or rank < 1:
+        raise ValueError(f"LoRA rank must be a positive integer, got {rank}")
+    rank, alpha, targets = int(rank), float(rank if alpha is None else alpha), parse_targets(targets)
+    if alpha <= 0:
+        raise ValueError(f"lora_alpha must be > 0, got {alpha} (alpha = rank scales the update by 1)")
+    new = model.with_extra_params(adapter_shapes(model.cfg, rank, targets))
+    rng = numpy.random.default_rng(seed)
+    bound = 1.0 / math.sqrt(rank)           # the book's kaiming_uniform_(A, a=sqrt(5)): fan_in = rank
+    for i, block in enumerate(new.trf_blocks):
+        for t in targets:
+            prefix = f"transformer.h.{i}.{t}."
+            A = new.params[prefix + "lora_A"]
+            A[...] = backend.xp.asarray(rng.uniform(-bound, bound, A.shape).astype(new.dtype))   # B stays 0
+            layer, attr = _slot(block, t)
+            setattr(layer, attr, LoRALinear(new, prefix, alpha / rank))
+    new.extensions.update(lora_rank=rank, lora_alpha=alpha, lora_targets=list(targets))
     if freeze:
         new.freeze(lora_names(new) + list(trainable))
     return new
@@ -111,31 +158,34 @@ def add_lora(model, rank, alpha=None, targets="all", seed=0, freeze=True, traina
 
 def merge_lora(model):
     """A plain model (no adapters) whose weights are W + (alpha / r) A B: the same logits."""
-    cfg = model.cfg
-    if not cfg.lora_rank:
+    ext = model.extensions
+    if not ext.get("lora_rank"):
         return model
-    scale = cfg.lora_alpha / cfg.lora_rank
-    plain = type(model)(dataclasses.replace(cfg, lora_rank=0, lora_alpha=0.0), dtype=model.dtype, init=False)
+    from scratchgpt.classifier import add_classification_head
+    scale = ext["lora_alpha"] / ext["lora_rank"]
+    plain = GPTModel(model.cfg, seed=model.seed, dtype=model.dtype, init=False)
+    if ext.get("num_classes"):
+        plain = add_classification_head(plain, ext["num_classes"])
     for k, p in plain.params.items():
         p[...] = model.params[k]
         stem = k[:-len("weight")]
         if stem + "lora_A" in model.params:                        # W (in, out) += s A (in, r) B (r, out)
             p += scale * (model.params[stem + "lora_A"] @ model.params[stem + "lora_B"])
-    return plain
+    plain.rng = model.rng
+    return plain.train(model.training)
 
 
 def save_adapters(model, path):
     """The adapters alone, with what else trains (a classification head) and what is needed to
     re-attach them: an .npz without pickle, a few MB where the model is hundreds. Returns its size."""
-    cfg = model.cfg
-    if not cfg.lora_rank:
+    ext = model.extensions
+    if not ext.get("lora_rank"):
         raise ValueError("the model has no LoRA adapters to save")
     names = lora_names(model) + [k for k in model.trainable_names() if ".lora_" not in k]
     arrays = {k: backend.to_numpy(model.params[k]) for k in names}
-    arrays["lora_rank"] = numpy.array(cfg.lora_rank)
-    arrays["lora_alpha"] = numpy.array(cfg.lora_alpha)
-    arrays["lora_targets"] = numpy.array(",".join(cfg.lora_targets))
-    from scratchgpt.checkpoint import atomic_write
+    arrays["lora_rank"] = numpy.array(ext["lora_rank"])
+    arrays["lora_alpha"] = numpy.array(ext["lora_alpha"])
+    arrays["lora_targets"] = numpy.array(",".join(ext["lora_targets"]))
     atomic_write(path, lambda f: numpy.savez(f, **arrays))
     return os.path.getsize(path)
 

@@ -7,7 +7,7 @@ buffer would decay (and, with old moments, move) the frozen weights too.
 import math
 
 from scratchgpt import backend
-from scratchgpt.backend import array_module
+from scratchgpt.arrays import array_module
 
 
 def _check_nothing_frozen(model, name):
@@ -47,7 +47,7 @@ class AdamW:
         p, g, m, v, tmp = self.model.flat_params, self.model.flat_grads, self.m, self.v, self._tmp
         b1, b2 = self.betas
         self.t += 1
-        k = getattr(backend.fused(p), "adamw_step", None)
+        k = getattr(backend.ops, "adamw_step", None)     # the fast kernel, where there is one
         if k is not None:                                # the same update in one pass over memory
             k(p, g, m, v, self.t, self.lr, self.betas, self.eps, self.weight_decay,
                          self.model.n_decay if self.weight_decay else 0)

@@ -55,7 +55,7 @@ def test_rng_is_seeded():
 
 
 def test_kernel_switch_is_read_from_the_environment():
-    code = "from scratchgpt import backend; import numpy; print(backend.fused(numpy.zeros(1)) is None)"
+    code = "from scratchgpt import backend, ops; print(backend.ops is ops)"
     env = {**__import__("os").environ}
     env["SCRATCHGPT_KERNELS"] = "numpy"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -86,10 +86,16 @@ def test_openblas_threads_stop_spinning_soon_after_a_product_unless_the_user_cho
     if backend.openblas_library() is None or not hasattr(backend.openblas_library(), "openblas_thread_timeout"):
         pytest.skip("NumPy's BLAS here is not an OpenBLAS that reports its thread timeout")
     code = ("import numpy; a = numpy.ones((256, 256)); a @ a; import scratchgpt; a @ a; "
-            "print(scratchgpt.backend.openblas_library().openblas_thread_timeout())")
+            "t0 = scratchgpt.backend.openblas_library().openblas_thread_timeout(); "
+            "scratchgpt.backend.ops; a @ a; "          # the first use of the kernels tunes the threads
+            "print(t0, scratchgpt.backend.openblas_library().openblas_thread_timeout())")
     env = {k: v for k, v in __import__("os").environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert p.stdout.strip() == "20", p.stderr
+    assert p.stdout.split()[1] == "20", p.stderr
+    assert p.stdout.split()[0] != "20"                     # importing scratchgpt changed nothing
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**env, "SCRATCHGPT_TUNE_THREADS": "0"})
+    assert p.stdout.split()[1] != "20", p.stderr           # turned off
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**env, "OPENBLAS_THREAD_TIMEOUT": "24"})
-    assert p.stdout.strip() == "24", p.stderr
+    assert p.stdout.split()[1] == "24", p.stderr

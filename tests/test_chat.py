@@ -103,7 +103,8 @@ def test_stream_holds_back_a_stop_string_and_half_characters():
 
 
 def test_a_classifier_is_refused():
-    model = sg.GPTModel(sg.GPTConfig(vocab_size=300, context_length=8, emb_dim=8, n_heads=2, n_layers=1,
-                                     num_classes=2))
+    from scratchgpt.classifier import add_classification_head
+    model = add_classification_head(sg.GPTModel(sg.GPTConfig(vocab_size=300, context_length=8, emb_dim=8,
+                                                             n_heads=2, n_layers=1)), 2)
     with pytest.raises(ValueError, match="classifier"):
         Chat(model, BPETokenizer.train("ab", 257), alpaca=False)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import scratchgpt as sg
-from scratchgpt.generate import KVCache, forward_cached, generate, generate_text, sample_next
+from scratchgpt.generate import generate, generate_text, sample_next
 from scratchgpt.tokenizer import CharTokenizer
 
 
@@ -17,10 +17,25 @@ def test_kv_cache_equals_the_uncached_forward(post_norm):
     model = tiny(post_norm=post_norm)
     idx = np.random.default_rng(0).integers(0, 13, size=(3, 10))
     full = model(idx)
-    cache = KVCache(model, 3)
-    parts = [forward_cached(model, idx[:, :4], cache)]                 # prefill
-    parts += [forward_cached(model, idx[:, t:t + 1], cache) for t in range(4, 10)]
+    cache = model.kv_cache(3)
+    parts = [model(idx[:, :4], kv_cache=cache)]                        # prefill
+    parts += [model(idx[:, t:t + 1], kv_cache=cache) for t in range(4, 10)]
+    assert cache.length == 10
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="longer than the context length"):
+        model(idx[:, :1], kv_cache=cache)                              # the cache is full
+
+
+def test_kv_cache_runs_through_lora_layers_too():
+    from scratchgpt.lora import add_lora
+    model = add_lora(tiny("float64"), rank=2, freeze=False)
+    for k in model.params:
+        if k.endswith("lora_B"):
+            model.params[k][...] = np.random.default_rng(1).normal(0, 0.1, model.params[k].shape)
+    idx = np.random.default_rng(0).integers(0, 13, size=(2, 7))
+    cache = model.kv_cache(2)
+    parts = [model(idx[:, :3], kv_cache=cache)] + [model(idx[:, t:t + 1], kv_cache=cache) for t in range(3, 7)]
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), model(idx), rtol=1e-12, atol=1e-12)
 
 
 def test_generation_with_and_without_cache_agree_past_the_context_window():

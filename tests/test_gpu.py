@@ -66,7 +66,7 @@ def test_whole_model_gradients_on_the_gpu_match_torch(dtype, variant, kernels):
     assert isinstance(model.flat_params, cupy.ndarray)
     # SCRATCHGPT_KERNELS=numba runs the numba.cuda kernels where they can run, =numpy the array code
     expected = usable_cuda_kernels() if kernels == "numba" else None
-    assert backend.fused(model.flat_params) is expected
+    assert getattr(backend.ops, "kernels", None) is expected     # FastOps(kernels) or the reference ops
     r = np.random.default_rng(0)
     idx, tgt = r.integers(0, 11, (2, 8)), r.integers(0, 11, (2, 8))
     tgt[0, ::2] = -100
@@ -99,10 +99,9 @@ def test_the_kernel_switch_gives_cupy_arrays_the_cuda_kernels():
     x = cupy.zeros((2, 3), dtype=cupy.float32)
     try:
         backend.use_kernels(True)
-        assert backend.fused(x) is cuda_kernels()
-        assert backend.fused(np.zeros(3)) is not cuda_kernels()          # NumPy: the CPU kernels
+        assert isinstance(x, cupy.ndarray) and backend.ops.kernels is cuda_kernels()
         backend.use_kernels(False)
-        assert backend.fused(x) is None
+        assert not hasattr(backend.ops, "kernels")                         # the reference ops
     finally:
         backend.use_kernels(True)
 
@@ -123,6 +122,7 @@ def test_cuda_kernels_match_the_reference_ops_on_cupy_arrays(dtype):
 
     def run(cast):
         g = lambda a: cupy.asarray(a.astype(cast))            # noqa: E731
+        ops = backend.ops                                     # the fast ops, or the reference ones
         out, c = ops.layernorm_forward(g(x), g(w), g(b))
         y, sc = ops.causal_softmax_forward(g(s))
         h, gc = ops.gelu_forward(g(x))

@@ -12,7 +12,8 @@ import torch
 pytest.importorskip("numba")
 
 import scratchgpt.kernels as K  # noqa: E402
-from scratchgpt import backend, ops  # noqa: E402
+from scratchgpt import ops  # noqa: E402
+from scratchgpt.kernels.ops import FastOps  # noqa: E402
 
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
 
@@ -117,28 +118,23 @@ def test_attention_errors_say_what_is_wrong():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_ops_attention_dispatches_to_the_kernel_and_agrees_with_the_reference(dtype):
+def test_fast_attention_op_uses_the_kernel_and_agrees_with_the_reference(dtype):
     qkv, dy = make(2, 12, 3, 5, dtype)
-    try:
-        backend.use_kernels(False)
-        y_ref, c_ref = ops.attention_forward(qkv, 3)
-        d_ref = ops.attention_backward(dy, c_ref)
-        backend.use_kernels(True)
-        y, c = ops.attention_forward(qkv, 3)
-        assert c[0] == "fused"
-        d = ops.attention_backward(dy, c)
-        backend.use_kernels(False)                  # switching off between forward and backward
-        d_off = ops.attention_backward(dy, c)       # still finds the kernel the forward used
-    finally:
-        backend.use_kernels(True)
+    fast = FastOps(K)
+    y_ref, c_ref = ops.attention_forward(qkv, 3)
+    d_ref = ops.attention_backward(dy, c_ref)
+    y, c = fast.attention_forward(qkv, 3)
+    assert isinstance(c, ops.AttentionCache) and c.att.shape == (2 * 3, 12 * 13 // 2)   # packed weights
+    d = fast.attention_backward(dy, c)
     assert rel_err(y, y_ref) <= TOL[dtype]
     assert rel_err(d, d_ref) <= TOL[dtype]
-    np.testing.assert_array_equal(d_off, d)
+    np.testing.assert_array_equal(fast.attention_backward(dy, c_ref), d_ref)   # a reference cache: reference backward
 
 
-def test_ops_attention_with_dropout_takes_the_reference_path():
+def test_fast_attention_op_with_dropout_takes_the_reference_path():
     qkv, dy = make(1, 6, 2, 4, np.float32)
-    y, c = ops.attention_forward(qkv, 2, drop_rate=0.5, rng=np.random.default_rng(0))
-    assert not isinstance(c[0], str)                # the array code, which applies the mask
-    y_eval, c_eval = ops.attention_forward(qkv, 2, drop_rate=0.5, rng=None)
-    assert c_eval[0] == "fused"                     # evaluation mode: no mask, fused
+    fast = FastOps(K)
+    y, c = fast.attention_forward(qkv, 2, drop_rate=0.5, rng=np.random.default_rng(0))
+    assert c.att.ndim == 4 and c.drop_mask is not None   # the array code, which applies the mask
+    y_eval, c_eval = fast.attention_forward(qkv, 2, drop_rate=0.5, rng=None)
+    assert c_eval.att.ndim == 2 and c_eval.drop_mask is None   # evaluation mode: no mask, fused

@@ -48,7 +48,7 @@ def test_model_with_lora_matches_torch_in_every_adapter_gradient():
     model.zero_grad()
     model.backward()
     P = torch_params({k: np.array(v) for k, v in model.state_dict().items()})
-    scale = model.cfg.lora_alpha / model.cfg.lora_rank
+    scale = model.extensions["lora_alpha"] / model.extensions["lora_rank"]
     eff = dict(P)
     for k in lora.lora_names(model):
         if k.endswith("lora_A"):                     # W_eff = W + (alpha/r) A B, inside the graph
@@ -90,7 +90,7 @@ def test_merged_weights_give_the_unmerged_logits():
     for dtype, tol in (("float64", 1e-12), ("float32", 1e-5)):
         _, model = lora_model(rank=3, alpha=5.0, targets="c_attn,mlp", dtype=dtype)
         merged = lora.merge_lora(model)
-        assert merged.cfg.lora_rank == 0 and not any(".lora_" in k for k in merged.state_dict())
+        assert not merged.extensions and not any(".lora_" in k for k in merged.state_dict())
         assert merged.num_parameters() == sg.GPTModel(sg.GPTConfig(**TINY)).num_parameters()
         idx = np.random.default_rng(3).integers(0, 11, (2, 8))
         a, b = model.eval()(idx), merged.eval()(idx)
@@ -129,14 +129,20 @@ def test_lora_parameter_count_of_gpt2_small_at_rank_16():
 
 def test_lora_targets_and_errors():
     assert lora.parse_targets("c_proj") == ("attn.c_proj", "mlp.c_proj")
-    assert lora.parse_targets("all") == sg.model.LORA_TARGETS
+    assert lora.parse_targets("all") == ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
     with pytest.raises(ValueError, match="unknown LoRA target 'q_proj'"):
         lora.parse_targets("q_proj")
     base, model = lora_model()
     with pytest.raises(ValueError, match="already has LoRA"):
         lora.add_lora(model, 2)
-    cfg = dataclasses.replace(base.cfg, lora_rank=2, lora_alpha=2.0, lora_targets=["mlp.c_fc"])
-    assert cfg.lora_targets == ("mlp.c_fc",)          # a checkpoint's JSON list comes back as a tuple
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
+        lora.add_lora(base, 0)
+    with pytest.raises(ValueError, match="lora_alpha must be > 0"):
+        lora.add_lora(base, 2, alpha=-1.0)
+    # the model itself knows nothing of LoRA: only the targets became LoRALinear layers
+    one = lora.add_lora(base, 2, targets="mlp.c_fc")
+    kinds = {type(layer).__name__ for b in one.trf_blocks for layer in (b.att.c_attn, b.att.c_proj, b.ff.c_fc, b.ff.c_proj)}
+    assert kinds == {"Linear", "LoRALinear"} and all(type(b.ff.c_fc).__name__ == "LoRALinear" for b in one.trf_blocks)
 
 
 def test_adapters_of_a_classifier_carry_its_trained_head(tmp_path):

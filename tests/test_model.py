@@ -23,10 +23,7 @@ def batch(cfg, B, T, seed=0, ignore=False):
 
 def dropout_masks(model):
     """The dropout masks of the last forward, in the order they were drawn."""
-    masks = [model._cache[2]]
-    for b in model.blocks:
-        masks += [b.attn.cache[1][5], b.drop1, b.drop2]
-    return [torch.tensor(m) for m in masks]
+    return [torch.tensor(m) for m in model.dropout_masks()]
 
 
 def check_against_torch(cfg, dtype, B, T, ignore=False, seed=0):
@@ -190,9 +187,11 @@ def test_bad_input_names_the_problem():
         sg.GPTModel(sg.GPTConfig(**TINY)).backward()
 
 
-def test_backward_from_an_arbitrary_upstream_gradient_and_activation_grads():
-    """model.backward(dlogits) gives the gradient of sum(dlogits * logits); activation_grads
-    holds the gradient at each block output (what Grad-CAM needs)."""
+def test_backward_from_an_arbitrary_upstream_gradient_and_block_by_block():
+    """model.backward(dlogits) gives the gradient of sum(dlogits * logits); running the same
+    layers block by block (what Grad-CAM does) gives the same gradients and the one at each
+    block output."""
+    from scratchgpt.analysis.gradcam import backward_blocks, forward_blocks
     cfg = sg.GPTConfig(**TINY)
     model = sg.GPTModel(cfg, seed=0, dtype="float64").eval()
     idx, _ = batch(cfg, 1, 6)
@@ -206,8 +205,16 @@ def test_backward_from_an_arbitrary_upstream_gradient_and_activation_grads():
     ref[0, -1, 4].backward()
     for name, g in model.grads().items():
         assert rel_err(g, P[name].grad) < 1e-9, name
-    assert len(model.activation_grads) == cfg.n_layers + 1
-    assert model.activation_grads[1][0, -1].any()            # the selected position carries gradient
+    full = {k: g.copy() for k, g in model.grads().items()}
+    model.zero_grad()
+    logits2, acts = forward_blocks(model, idx)
+    np.testing.assert_array_equal(logits2, logits)
+    stream = backward_blocks(model, d)
+    assert len(acts) == len(stream) == cfg.n_layers + 1
+    assert stream[-1][0, -1].any() and not stream[-1][0, :-1].any()   # the last block: only where d is
+    assert stream[1][0, :-1].any()                         # lower down, attention spreads it back
+    for name, g in model.grads().items():
+        np.testing.assert_allclose(g, full[name], rtol=1e-12, atol=1e-15, err_msg=name)
 
 
 def test_adamw_steps_lower_the_loss_on_a_fixed_batch():

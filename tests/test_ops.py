@@ -1,4 +1,7 @@
-"""Every op, forward and backward, against torch autograd (float64 <= 1e-9, float32 <= 1e-4)."""
+"""Every op, forward and backward, against torch autograd (float64 <= 1e-9, float32 <= 1e-4).
+
+Each test runs twice (the `ops` fixture): on the reference ops (scratchgpt.ops) and on the op
+set the backend picks with the kernels on (scratchgpt.kernels.ops.FastOps where numba runs)."""
 import math
 
 import numpy as np
@@ -6,11 +9,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close
-from scratchgpt import ops
+from conftest import TOL, assert_close
+from scratchgpt import backend
+from scratchgpt import ops as reference_ops
 
 DTYPES = [np.float64, np.float32]
 rng = np.random.default_rng(0)
+
+
+@pytest.fixture(params=["reference", "fast"])
+def ops(request):
+    """The op set under test: the reference ops, or what backend.ops gives with the kernels on."""
+    backend.use_kernels(request.param == "fast")
+    yield backend.ops
+    backend.use_kernels(True)
 
 
 def randn(*shape, dtype=np.float64):
@@ -25,7 +37,7 @@ def tt(a):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,V,C", [(1, 1, 5, 3), (2, 7, 11, 6), (3, 16, 4, 8)])
-def test_embedding_scatter_adds_repeated_ids(dtype, B, T, V, C, kernels):
+def test_embedding_scatter_adds_repeated_ids(dtype, B, T, V, C, ops):
     ids = rng.integers(0, V, size=(B, T))
     ids.flat[0] = ids.flat[-1] = 1                          # at least one id repeats when B*T > 1
     w = randn(V, C, dtype=dtype)
@@ -40,19 +52,25 @@ def test_embedding_scatter_adds_repeated_ids(dtype, B, T, V, C, kernels):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_position_embedding_only_first_T_rows_get_gradient(dtype):
+def test_position_embedding_only_first_T_rows_get_gradient(dtype, ops):
     w = randn(10, 4, dtype=dtype)
     out, cache = ops.position_embedding_forward(3, w)
     dout = randn(2, 3, 4, dtype=dtype)
-    dw = ops.position_embedding_backward(dout, cache, 10)
+    dw = ops.position_embedding_backward(dout, cache, out=np.zeros_like(w))
     np.testing.assert_allclose(dw[:3], dout.sum(0), rtol=1e-6)
     assert not dw[3:].any()
+    # after `start` cached tokens (generation) the rows start..start+T-1 are read and get the gradient
+    out, cache = ops.position_embedding_forward(3, w, start=4)
+    np.testing.assert_array_equal(out, w[4:7])
+    dw = ops.position_embedding_backward(dout, cache, out=np.zeros_like(w))
+    np.testing.assert_allclose(dw[4:7], dout.sum(0), rtol=1e-6)
+    assert not dw[:4].any() and not dw[7:].any()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 1, 3), (2, 5, 7), (4, 9)])
-def test_linear(dtype, bias, shape):
+def test_linear(dtype, bias, shape, ops):
     x, w = randn(*shape, dtype=dtype), randn(shape[-1], 6, dtype=dtype)
     b = randn(6, dtype=dtype) if bias else None
     out, cache = ops.linear_forward(x, w, b)
@@ -73,7 +91,7 @@ def test_linear(dtype, bias, shape):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 5), (2, 3, 13), (4, 16, 32)])
-def test_layernorm(kernels, dtype, shape):
+def test_layernorm(dtype, shape, ops):
     C = shape[-1]
     x = randn(*shape, dtype=dtype) * 3 + 1
     w, b = randn(C, dtype=dtype), randn(C, dtype=dtype)
@@ -89,7 +107,7 @@ def test_layernorm(kernels, dtype, shape):
     assert_close(db, bt.grad, dtype, "dbias")
 
 
-def test_layernorm_uses_biased_variance():
+def test_layernorm_uses_biased_variance(ops):
     x = np.array([[1.0, 2.0, 3.0, 4.0]])
     out, _ = ops.layernorm_forward(x, np.ones(4), np.zeros(4))
     assert abs(out.var() - 1.0) < 1e-4            # biased variance of the output ~ 1 (eps aside)
@@ -99,7 +117,7 @@ def test_layernorm_uses_biased_variance():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
 @pytest.mark.parametrize("shape", [(1,), (3, 7), (2, 5, 16)])
-def test_gelu(kernels, dtype, approximate, shape):
+def test_gelu(dtype, approximate, shape, ops):
     x = randn(*shape, dtype=dtype) * 3
     out, cache = ops.gelu_forward(x, approximate)
     dout = randn(*shape, dtype=dtype)
@@ -112,14 +130,14 @@ def test_gelu(kernels, dtype, approximate, shape):
     assert_close(dx, xt.grad, dtype, "dx")
 
 
-def test_gelu_rejects_unknown_approximation():
+def test_gelu_rejects_unknown_approximation(ops):
     with pytest.raises(ValueError, match="unknown GELU approximation 'sigmoid'"):
         ops.gelu_forward(np.zeros(3), "sigmoid")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (4, 9), (2, 3, 17)])
-def test_softmax(dtype, shape):
+def test_softmax(dtype, shape, ops):
     x = randn(*shape, dtype=dtype) * 4
     y, cache = ops.softmax_forward(x)
     dy = randn(*shape, dtype=dtype)
@@ -133,7 +151,7 @@ def test_softmax(dtype, shape):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 5, 5), (3, 2, 16, 16)])
-def test_causal_softmax_masks_before_softmax(kernels, dtype, shape):
+def test_causal_softmax_masks_before_softmax(dtype, shape, ops):
     T = shape[-1]
     x = randn(*shape, dtype=dtype) * 4
     y, cache = ops.causal_softmax_forward(x)
@@ -159,17 +177,37 @@ def torch_mha(x, wa, ba, wp, bp, H):
     return ((a @ v).transpose(1, 2).reshape(B, T, C)) @ wp + bp
 
 
+def mha_forward(ops, x, wa, ba, wp, bp, H):
+    """ops.multihead_attention_forward spelled out with the op set under test (its own composes
+    the reference ops): c_attn, the attention core, c_proj."""
+    qkv, c1 = ops.linear_forward(x, wa, ba)
+    y, c2 = ops.attention_forward(qkv, H)
+    out, c3 = ops.linear_forward(y, wp, bp)
+    return out, (c1, c2, c3)
+
+
+def mha_backward(ops, dout, cache):
+    c1, c2, c3 = cache
+    dy, dwp, dbp = ops.linear_backward(dout, c3)
+    dx, dwa, dba = ops.linear_backward(ops.attention_backward(dy, c2), c1)
+    return dx, (dwa, dba, dwp, dbp)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,C,H,qkv_bias", [(1, 1, 6, 3, True), (2, 5, 12, 3, False),
                                                (3, 16, 16, 4, True), (1, 9, 10, 5, True)])
-def test_multihead_attention(kernels, dtype, B, T, C, H, qkv_bias):
+def test_multihead_attention(dtype, B, T, C, H, qkv_bias, ops):
     x = randn(B, T, C, dtype=dtype)
     wa, wp = randn(C, 3 * C, dtype=dtype) / math.sqrt(C), randn(C, C, dtype=dtype) / math.sqrt(C)
     ba = randn(3 * C, dtype=dtype) if qkv_bias else None
     bp = randn(C, dtype=dtype)
-    out, cache = ops.multihead_attention_forward(x, wa, ba, wp, bp, H)
+    out, cache = mha_forward(ops, x, wa, ba, wp, bp, H)
     dout = randn(B, T, C, dtype=dtype)
-    dx, (dwa, dba, dwp, dbp) = ops.multihead_attention_backward(dout, cache)
+    dx, (dwa, dba, dwp, dbp) = mha_backward(ops, dout, cache)
+    out_ref, cache_ref = reference_ops.multihead_attention_forward(x, wa, ba, wp, bp, H)   # chapter 3's one call
+    np.testing.assert_allclose(out_ref, out, rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(reference_ops.multihead_attention_backward(dout, cache_ref)[0], dx,
+                               rtol=TOL[dtype], atol=TOL[dtype])
     xt, wat, wpt, bpt = tt(x), tt(wa), tt(wp), tt(bp)
     bat = tt(ba) if qkv_bias else None
     ref = torch_mha(xt, wat, bat, wpt, bpt, H)
@@ -185,19 +223,19 @@ def test_multihead_attention(kernels, dtype, B, T, C, H, qkv_bias):
         assert dba is None
 
 
-def test_attention_output_ignores_future_tokens():
+def test_attention_output_ignores_future_tokens(ops):
     C, H = 8, 2
     x = randn(1, 6, C)
     wa, wp, bp = randn(C, 3 * C), randn(C, C), randn(C)
-    out1, _ = ops.multihead_attention_forward(x, wa, None, wp, bp, H)
+    out1, _ = mha_forward(ops, x, wa, None, wp, bp, H)
     x2 = x.copy()
     x2[0, 4:] += 10.0                                       # change only the future of position 3
-    out2, _ = ops.multihead_attention_forward(x2, wa, None, wp, bp, H)
+    out2, _ = mha_forward(ops, x2, wa, None, wp, bp, H)
     np.testing.assert_array_equal(out1[0, :4], out2[0, :4])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dropout_is_inverted_seeded_and_off_at_p0(dtype):
+def test_dropout_is_inverted_seeded_and_off_at_p0(dtype, ops):
     x = np.ones((200, 100), dtype=dtype)
     y, mask = ops.dropout_forward(x, 0.25, np.random.default_rng(1))
     assert y.dtype == dtype
@@ -216,7 +254,7 @@ def test_dropout_is_inverted_seeded_and_off_at_p0(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,V", [((1, 1), 5), ((2, 7), 11), ((3, 8), 65)])
-def test_cross_entropy_with_ignore_index(kernels, dtype, shape, V):
+def test_cross_entropy_with_ignore_index(dtype, shape, V, ops):
     logits = randn(*shape, V, dtype=dtype) * 3
     targets = rng.integers(0, V, size=shape)
     if targets.size > 1:
@@ -232,6 +270,6 @@ def test_cross_entropy_with_ignore_index(kernels, dtype, shape, V):
     assert_close(ops.cross_entropy_backward(2.5, cache), 2.5 * lt.grad, dtype, "scaled dloss")
 
 
-def test_cross_entropy_all_ignored_is_zero():
+def test_cross_entropy_all_ignored_is_zero(ops):
     loss, cache = ops.cross_entropy_forward(randn(2, 3, 4), np.full((2, 3), -100))
     assert loss == 0.0 and not ops.cross_entropy_backward(1.0, cache).any()

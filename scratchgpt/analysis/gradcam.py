@@ -3,8 +3,8 @@ given next character.
 
 For the target character t after the prompt, take the upstream gradient of log p(t) at the
 last position: d log softmax(z)_t / dz = onehot(t) - softmax(z), zeros at every other
-position. `model.backward(dlogits)` carries it down and leaves the gradient at each block's
-input/output in `model.activation_grads`. The contribution of prompt position i at layer l is
+position. `forward_blocks` / `backward_blocks` run the model's own layers block by block and
+keep the activation and the gradient at each block's input and output. The contribution of prompt position i at layer l is
 
     score[l, i] = sum_c  activation[l][i, c] * grad[l][i, c]            (gradient × activation)
 
@@ -34,26 +34,50 @@ from scratchgpt.analysis.common import (md_table, new_figure, save_figure, show_
 from scratchgpt.ops import layernorm_forward
 
 
-def _attention_input_scores(model):
+def forward_blocks(model, idx):
+    """model.forward, block by block: (logits, activations), activations[0] the embeddings after
+    dropout and activations[l + 1] the output of block l."""
+    idx = model._check_ids(idx)
+    x = model.drop_emb.forward(model.tok_emb.forward(idx) + model.pos_emb.forward(idx.shape[1]))
+    acts = [x]
+    for block in model.trf_blocks:
+        x = block.forward(x)                                           # (B, T, C)
+        acts.append(x)
+    return model.out_head.forward(model.final_norm.forward(x)), acts
+
+
+def backward_blocks(model, dlogits):
+    """model.backward from dlogits, block by block (it adds into model.grads()): the gradient at
+    each of forward_blocks' activations."""
+    d = model.final_norm.backward(model.out_head.backward(dlogits))
+    grads = [d]
+    for block in reversed(model.trf_blocks):
+        d = block.backward(d)
+        grads.append(d)
+    d = model.drop_emb.backward(d)                                     # down to the embeddings
+    model.pos_emb.backward(d)
+    model.tok_emb.backward(d)
+    return grads[::-1]
+
+
+def _attention_input_scores(model, acts, grads):
     """gradient × activation at the input of every block's attention (after ln_1 in a pre-LN
-    block), from the gradients the last backward left at the block outputs.
+    block), from the gradients at the block outputs.
 
     Reruns parts of each block's backward on its saved caches (it adds to model.grads(), which
     the caller clears): d at the block output -> d at the attention output -> d at its input.
     """
-    out, P = [], model.params
-    for l, blk in enumerate(model.blocks):
-        dout = model.activation_grads[l + 1]
-        x = model.activations[l]
-        h = f"transformer.h.{l}."
+    out = []
+    for l, blk in enumerate(model.trf_blocks):
+        dout, x = grads[l + 1], acts[l]
         if model.cfg.post_norm:     # out = ln_2(x1 + ff(x1)), x1 = ln_1(x + attn(x)): attention reads x
-            d2 = blk.ln_2.backward(dout)
-            d1 = blk.ln_1.backward(d2 + blk.ff.backward(d2))
-            g, a = blk.attn.backward(d1), x
+            d2 = blk.norm2.backward(dout)
+            d1 = blk.norm1.backward(d2 + blk.ff.backward(d2))
+            g, a = blk.att.backward(d1), x
         else:                       # out = x1 + ff(ln_2(x1)), x1 = x + attn(ln_1(x)): attention reads ln_1(x)
-            d_mid = dout + blk.ln_2.backward(blk.ff.backward(dout))
-            g = blk.attn.backward(d_mid)
-            a = layernorm_forward(x, P[h + "ln_1.weight"], P[h + "ln_1.bias"])[0]
+            d_mid = dout + blk.norm2.backward(blk.ff.backward(dout))
+            g = blk.att.backward(d_mid)
+            a = layernorm_forward(x, blk.norm1.p["weight"], blk.norm1.p["bias"])[0]
         out.append((backend.to_numpy(a)[0] * backend.to_numpy(g)[0]).sum(-1))      # (T,)
     return numpy.stack(out)                                                        # (L, T)
 
@@ -72,7 +96,8 @@ def gradcam(model, tokenizer, prompt, target=None):
     was_training = model.training
     model.eval()
     try:
-        logits = backend.to_numpy(model(idx))                          # (1, T, V)
+        logits, acts = forward_blocks(model, idx)
+        logits = backend.to_numpy(logits)                              # (1, T, V)
         p = softmax(logits[0, -1])
         if target is None:
             t = int(p.argmax())
@@ -85,12 +110,12 @@ def gradcam(model, tokenizer, prompt, target=None):
         dlogits[0, -1] = -p                                            # d log p_t / d logits
         dlogits[0, -1, t] += 1.0
         model.zero_grad()
-        model.backward(backend.xp.asarray(dlogits.astype(model.dtype)))
-        acts = [backend.to_numpy(a)[0] for a in model.activations]     # (T, C) each
-        grads = [backend.to_numpy(g)[0] for g in model.activation_grads]
+        grads = backward_blocks(model, backend.xp.asarray(dlogits.astype(model.dtype)))
+        attn_scores = _attention_input_scores(model, acts, grads)                     # (L, T)
+        acts = [backend.to_numpy(a)[0] for a in acts]                  # (T, C) each
+        grads = [backend.to_numpy(g)[0] for g in grads]
         scores = numpy.stack([(a * g).sum(-1) for a, g in zip(acts, grads)])          # (L+1, T)
         saliency = numpy.stack([numpy.linalg.norm(g, axis=-1) for g in grads])        # (L+1, T)
-        attn_scores = _attention_input_scores(model)                                  # (L, T)
     finally:
         model.zero_grad()
         model.train(was_training)

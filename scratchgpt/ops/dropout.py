@@ -2,10 +2,11 @@
 
 
 def dropout_forward(x, p, rng):
-    """y = x * mask / (1 - p), mask ~ Bernoulli(1 - p) drawn from `rng`.
+    """y = x * mask, mask = Bernoulli(1 - p) / (1 - p) drawn from `rng`.
 
     With p == 0 or rng None (evaluation mode) this is the identity, and no random numbers
-    are drawn, so switching dropout off leaves the generator untouched.
+    are drawn, so switching dropout off leaves the generator untouched. The cache is the
+    mask (None when nothing was dropped).
     """
     if p == 0.0 or rng is None:
         return x, None
@@ -15,6 +16,6 @@ def dropout_forward(x, p, rng):
 
 
 def dropout_backward(dout, cache):
-    """dx = dout * mask / (1 - p): the same entries are dropped and scaled."""
+    """dx = dout * mask: the same entries are dropped and scaled."""
     mask = cache
     return dout if mask is None else dout * mask

@@ -1,4 +1,11 @@
 """Linear layer y = x @ W + b, with W stored (in, out) as in GPT-2's checkpoints."""
+from typing import NamedTuple
+
+
+class LinearCache(NamedTuple):
+    x: object          # (..., in) the input
+    w: object          # (in, out) the weight
+    has_bias: bool
 
 
 def linear_forward(x, w, b=None):
@@ -8,7 +15,7 @@ def linear_forward(x, w, b=None):
     out = (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
     if b is not None:
         out += b
-    return out, (x, w, b is not None)
+    return out, LinearCache(x, w, b is not None)
 
 
 def linear_backward(dout, cache, dw_out=None):

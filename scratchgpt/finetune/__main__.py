@@ -1,0 +1,5 @@
+import sys
+
+from scratchgpt.finetune.commands import main
+
+sys.exit(main())

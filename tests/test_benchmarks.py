@@ -1,6 +1,7 @@
 """benchmarks/compare.py's machinery: a side in a worker process of its own answers timing
 requests, and alternate() takes medians of both sides. Only our side runs here (a few steps of
 the tiny model); the numbers themselves are the benchmark's business, not the tests'."""
+import argparse
 import os
 import sys
 
@@ -43,3 +44,20 @@ def test_alternate_swaps_the_first_runner_each_round_and_takes_medians(compare):
     medians = compare.alternate(side("o", [9, 1, 2, 3]), side("t", [9, 5, 6, 7]), repeats=3, warmup=1)
     assert order == ["o", "t", "o", "t", "t", "o", "o", "t"]        # warm-up, then o t, t o, o t
     assert medians == ((2, 0), (6, 0))
+
+
+def test_the_recipe_benchmark_runs_both_sides_on_the_same_batches(tmp_path):
+    """benchmarks/recipe.py: ours and torch start from the same weights and see the same batches,
+    so after a few steps their validation losses agree to float32 rounding."""
+    sys.path.insert(0, BENCH)
+    try:
+        import recipe
+    finally:
+        sys.path.remove(BENCH)
+    a = argparse.Namespace(max_iters=4, eval_iters=2, seed=3, threads=1, out_dir=str(tmp_path / "r"),
+                           no_cli=True, side=None)
+    ours, torch_ = recipe.side(a, "ours"), recipe.side(a, "torch")
+    assert abs(ours["val_loss"] - torch_["val_loss"]) < 1e-4, (ours, torch_)
+    assert ours["val_loss"] < 4.3                      # ln(65) = 4.17 at the start: it trained
+    for r in (ours, torch_):
+        assert r["step_s"] > 0 and r["eval_s"] > 0 and r["wall_s"] >= r["step_s"] + r["eval_s"]

@@ -253,18 +253,24 @@ def render_report(md, lc, base, tok, times, seconds):
 # ---- command line ------------------------------------------------------------------------
 def register_cli(subparsers):
     """Add `scratchgpt lab --out-dir DIR [--quick]` to the `scratchgpt` command."""
-    p = subparsers.add_parser("lab", help="train small models and run every analysis into one report.md")
-    p.add_argument("--out-dir", required=True, help="folder for report.md, figures/, runs/ and data/")
+    p = subparsers.add_parser("lab", help="train small models and run every analysis into one report.md; "
+                                         "`lab weights`: GPT-2's weights before and after training")
+    # --out-dir is required unless a mode follows (cmd_lab checks it, as argparse cannot say so)
+    p.add_argument("--out-dir", help="folder for report.md, figures/, runs/ and data/")
     p.add_argument("--quick", action="store_true",
                    help="tiny models on 50k-character slices (a few minutes; checks the pipeline)")
     p.add_argument("--threads", type=int, default=1,
                    help="BLAS threads for the matrix products (default 1; 0: the BLAS default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_lab)
+    p.set_defaults(func=cmd_lab, lab_parser=p)
+    from scratchgpt.analysis.gpt2_weights import add_cli
+    add_cli(p.add_subparsers(dest="lab_mode", metavar="{weights}"))
     return p
 
 
 def cmd_lab(args):
+    if args.out_dir is None:
+        args.lab_parser.error("the following arguments are required: --out-dir")
     res = run_lab(args.out_dir, quick=args.quick, progress=not args.no_progress,
                   threads=args.threads if args.threads > 0 else None)
     print(f"open {res['report']}")

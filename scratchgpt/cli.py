@@ -147,7 +147,8 @@ def _more_commands():
     from scratchgpt.analysis.lab import register_cli as register_lab
     from scratchgpt.chat import register_cli as register_chat
     from scratchgpt.finetune import register_cli as register_finetune
-    return [register_lab, register_finetune, register_chat]
+    from scratchgpt.serve import register_cli as register_serve
+    return [register_lab, register_finetune, register_chat, register_serve]
 
 
 def main(argv=None):

@@ -194,9 +194,14 @@ def chromium():
     browser.close()
 
 
-def test_chat_page_in_headless_chromium(server, chromium, run_dir):  # noqa: F811
+def test_chat_page_in_headless_chromium(server, chromium, run_dir, monkeypatch):  # noqa: F811
+    from scratchgpt import serve
     from scratchgpt.chat import Chat, load_chat_model
     server.app.defaults["max_new_tokens"] = 40
+    # The tiny model makes 40 tokens in a few milliseconds, which can reach the page in a single
+    # read; 20 ms per token (a bigger model's pace) lets the page show the reply as it grows.
+    send_token = serve._EventWriter.write
+    monkeypatch.setattr(serve._EventWriter, "write", lambda self, text: (send_token(self, text), time.sleep(0.02)))
     url = "http://%s:%d/" % server.server_address[:2]
     tab = chromium.new_tab(url)
     assert tab.js("document.querySelector('#message').placeholder") == "Send a message"

@@ -81,15 +81,16 @@ def test_statistics_figures_and_report_of_a_tiny_gpt2(tmp_path):
 
 def test_observations_follow_the_numbers(tmp_path):
     """Swap which layer norm moved more, and add an outlier: the report's sentences change with them."""
-    a = gpt2_weights_lab(tmp_path / "a", gpt2_dir=write_gpt2(tmp_path / "ga", l1=0.05, l2=0.2), blocks="8-11")
+    a = gpt2_weights_lab(tmp_path / "a", gpt2_dir=write_gpt2(tmp_path / "ga", l1=0.05, l2=0.2), blocks="8-11",
+                         figures=False)
     b = gpt2_weights_lab(tmp_path / "b", gpt2_dir=write_gpt2(tmp_path / "gb", l1=0.2, l2=0.05,
                                                              outlier=("transformer.h.9.ln_1.weight", 40.0), shift=0.05),
-                         blocks="8-11")
+                         blocks="8-11", figures=False)
     text_a, text_b = " ".join(a["observations"]), " ".join(b["observations"])
     assert "in 4 of 4 blocks" in text_a and "the L2s changed more than the L1s" in text_a
     assert "in 0 of 4 blocks" in text_b and "the L1s changed more than the L2s" in text_b
     assert "most in H9 L1 weight" in text_b and "largest |value| 40.000" in text_b
-    assert "most in H9 L1 weight" not in text_a
+    assert "most in H9 L1 weight" not in text_a and "![" not in (tmp_path / "a" / "report.md").read_text()
     assert ": balanced." in text_a and "still centred" in text_a and "no longer centred" in text_b
     # the same function on hand-made numbers: no layer norm beyond a Gaussian's tails -> no outliers
     rows = [dict(r, beyond_3std=0.0) for r in b["rows"]]
@@ -117,7 +118,7 @@ def test_lab_weights_of_one_of_our_runs_compares_with_its_iteration_zero(tmp_pat
     train(TrainConfig(text_file=str(text), n_layers=2, n_heads=2, emb_dim=8, context_length=8, batch_size=4,
                       max_iters=10, eval_interval=10, eval_iters=1, sample_tokens=4, out_dir=str(tmp_path / "run")),
           progress=False, log=lambda *a: None)
-    res = gpt2_weights_lab(tmp_path / "rep", out_dir=str(tmp_path / "run"))
+    res = gpt2_weights_lab(tmp_path / "rep", out_dir=str(tmp_path / "run"), figures=False)
     assert res["blocks"] == [0, 1]
     rows = {r["label"]: r for r in res["rows"]}
     assert rows["H0 L1 weight"]["before_std"] == 0.0                       # the run's own init: ones

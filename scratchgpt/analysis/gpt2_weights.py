@@ -76,8 +76,10 @@ def load_before_after(gpt2_dir=None, out_dir=None, seed=0):
         after = sg.load_gpt2(gpt2_dir)
         return sg.GPTModel(after.cfg, seed=seed), after, f"GPT-2 weights from {gpt2_dir}"
     from scratchgpt.analysis.common import list_checkpoints, load_model
+    from scratchgpt.lora import merge_lora
     path = out_dir if out_dir.endswith(".npz") else os.path.join(out_dir, "ckpt_latest.npz")
     after, _, it = load_model(path)
+    after = merge_lora(after)                    # a LoRA run's weights are W + (alpha / r) A B
     try:
         first_it, first = list_checkpoints(out_dir)[0]
     except (FileNotFoundError, NotADirectoryError):
@@ -307,9 +309,10 @@ def draw_summary(rows, blocks, path):
 
 
 # ---- the whole analysis ----------------------------------------------------------------------
-def gpt2_weights_lab(report_dir, gpt2_dir=None, out_dir=None, blocks=None, seed=0):
+def gpt2_weights_lab(report_dir, gpt2_dir=None, out_dir=None, blocks=None, seed=0, figures=True):
     """Statistics, figures and report.md for GPT-2's weights before and after training.
-    Returns {"report": path, "rows": per tensor, "head_rows": per head, "observations": [...]}."""
+    Returns {"report": path, "rows": per tensor, "head_rows": per head, "observations": [...]}.
+    figures=False skips the drawing (most of the run time) and leaves the figures out of the report."""
     if (gpt2_dir is None) == (out_dir is None):
         raise ValueError("give exactly one of gpt2_dir (a Hugging Face GPT-2 folder) and out_dir (a run folder)")
     use_numpy_backend()
@@ -322,20 +325,21 @@ def gpt2_weights_lab(report_dir, gpt2_dir=None, out_dir=None, blocks=None, seed=
     write_csv(os.path.join(report_dir, "heads.csv"), head_rows, COLUMNS)
     write_json(os.path.join(report_dir, "weights.json"), {"source": what, "blocks": blocks, "rows": rows,
                                                           "head_rows": head_rows})
-    P0, P1 = before.state_dict(), after.state_dict()
-    draw_study(P0, P1, cfg, blocks, os.path.join(report_dir, "study_layernorms.png"))
-    for b in blocks:
-        draw_block(P0, P1, cfg, b, os.path.join(report_dir, f"block_{b}.png"))
-        draw_heads(P0, P1, cfg, b, os.path.join(report_dir, f"block_{b}_heads.png"))
-    draw_summary(rows, blocks, os.path.join(report_dir, "summary.png"))
+    if figures:
+        P0, P1 = before.state_dict(), after.state_dict()
+        draw_study(P0, P1, cfg, blocks, os.path.join(report_dir, "study_layernorms.png"))
+        for b in blocks:
+            draw_block(P0, P1, cfg, b, os.path.join(report_dir, f"block_{b}.png"))
+            draw_heads(P0, P1, cfg, b, os.path.join(report_dir, f"block_{b}_heads.png"))
+        draw_summary(rows, blocks, os.path.join(report_dir, "summary.png"))
     obs = observations(rows, head_rows)
     path = os.path.join(report_dir, "report.md")
     with open(path, "w", encoding="utf-8") as f:
-        f.write(render_report(what, cfg, blocks, rows, head_rows, obs))
+        f.write(render_report(what, cfg, blocks, rows, head_rows, obs, figures))
     return {"report": path, "rows": rows, "head_rows": head_rows, "observations": obs, "blocks": blocks}
 
 
-def render_report(what, cfg, blocks, rows, head_rows, obs):
+def render_report(what, cfg, blocks, rows, head_rows, obs, figures=True):
     def num(x, digits=4):
         return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
@@ -353,11 +357,14 @@ def render_report(what, cfg, blocks, rows, head_rows, obs):
         f"vocabulary {cfg.vocab_size}. Blocks shown: {span}. \"Before\" is GPT-2's initialisation of the same "
         "config; H<i> is transformer.h.<i>, L1 and L2 its ln_1 and ln_2, FL the final ln_f. "
         "Excess kurtosis is 0 and the share beyond 3 std 0.27% for a Gaussian.",
-        "## Observations", "\n\n".join(obs),
-        "## The study's figures: layer norms L1, L2 and FL", "![layer norms](study_layernorms.png)",
-        "## Change per block", "![summary](summary.png)",
-        "## Every tensor of the chosen blocks",
-        "\n\n".join(f"![block {b}](block_{b}.png)\n\n![block {b} heads](block_{b}_heads.png)" for b in blocks),
+        "## Observations", "\n\n".join(obs)]
+    if figures:
+        parts += [
+            "## The study's figures: layer norms L1, L2 and FL", "![layer norms](study_layernorms.png)",
+            "## Change per block", "![summary](summary.png)",
+            "## Every tensor of the chosen blocks",
+            "\n\n".join(f"![block {b}](block_{b}.png)\n\n![block {b} heads](block_{b}_heads.png)" for b in blocks)]
+    parts += [
         "## Statistics per tensor", table(rows),
         "## Statistics per attention head", table(head_rows)]
     return "\n\n".join(parts) + "\n"

@@ -109,6 +109,10 @@ def test_lab_weights_command_and_plain_lab_still_need_out_dir(tmp_path):
     assert r.returncode == 2 and "block 12 is outside the model's 12 blocks (0-11)" in r.stderr
     r = subprocess.run([sys.executable, "-m", "scratchgpt", "lab"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "required: --out-dir" in r.stderr
+    from scratchgpt.analysis.lab import cmd_lab
+    from scratchgpt.cli import build_parser
+    a = build_parser().parse_args(["lab", "--out-dir", "x", "--quick"])          # the lab itself, as before
+    assert a.func is cmd_lab and (a.out_dir, a.quick, a.lab_mode) == ("x", True, None)
 
 
 def test_lab_weights_of_one_of_our_runs_compares_with_its_iteration_zero(tmp_path):

@@ -63,7 +63,8 @@ def test_statistics_figures_and_report_of_a_tiny_gpt2(tmp_path):
     # statistics against numbers computed here: ln_2 moved by 0.2 N(0, 1), so its RMS change is ~0.2
     before = sg.GPTModel(CFG, seed=0).state_dict()
     after = sg.load_gpt2(str(tmp_path / "gpt2")).state_dict()
-    w, w0 = np.float64(after["transformer.h.7.attn.c_attn.weight"][:, 16:32]), before["transformer.h.7.attn.c_attn.weight"][:, 16:32]
+    k = "transformer.h.7.attn.c_attn.weight"
+    w, w0 = np.float64(after[k][:, 16:32]), before[k][:, 16:32]                # block 7's keys: columns C..2C
     r = rows["H7 k weight"]
     assert r["std"] == pytest.approx(w.std(), rel=1e-6)
     assert r["rel_change"] == pytest.approx(np.linalg.norm(w - w0) / np.linalg.norm(w0), rel=1e-5)

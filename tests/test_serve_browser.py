@@ -98,7 +98,8 @@ class Chromium:
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         tab = Tab(self, session)
         w, h = self.size
-        tab.send("Emulation.setDeviceMetricsOverride", {"width": w, "height": h, "deviceScaleFactor": 1, "mobile": False})
+        tab.send("Emulation.setDeviceMetricsOverride",
+                 {"width": w, "height": h, "deviceScaleFactor": 1, "mobile": False})
         tab.goto(url)
         return tab
 
@@ -229,7 +230,8 @@ def test_chat_page_in_headless_chromium(server, chromium, run_dir, monkeypatch):
 
     # another tab is another conversation; a reload of this one keeps its own
     other = chromium.new_tab(url)
-    assert other.js("sessionStorage.getItem('scratchgpt-session')") != tab.js("sessionStorage.getItem('scratchgpt-session')")
+    session_of = "sessionStorage.getItem('scratchgpt-session')"
+    assert other.js(session_of) != tab.js(session_of)
     assert other.js("document.querySelectorAll('.msg').length") == 0
     tab.goto(url)
     wait_until(lambda: tab.js("document.querySelectorAll('.msg').length") == 2)
@@ -266,7 +268,8 @@ def take_screenshot(path):
     pairs = [("Say hi.", "Hi there! I am a small GPT written from scratch."),
              ("What is two plus two?", "Two plus two is four."),
              ("Name a prime number.", "Seven is a prime number.")]
-    tok = BPETokenizer.train(ft.PREAMBLE + " ### Instruction: Response: " + " ".join(u + " " + r for u, r in pairs), 400)
+    text = ft.PREAMBLE + " ### Instruction: Response: " + " ".join(u + " " + r for u, r in pairs)
+    tok = BPETokenizer.train(text, 400)
     model = sg.GPTModel(sg.GPTConfig(vocab_size=tok.vocab_size, context_length=160, emb_dim=48, n_heads=2,
                                      n_layers=2), seed=0)
     # every order of the three questions, each asked after the earlier turns, as the page's prompts are

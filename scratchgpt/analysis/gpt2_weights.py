@@ -34,6 +34,8 @@ from scratchgpt.analysis.common import (md_table, new_figure, save_figure, tight
 from scratchgpt.analysis.weights import head_slices, tensor_stats
 
 GAUSSIAN_BEYOND_3STD = 0.0027          # P(|x - mean| > 3 std) for a normal distribution
+TAIL_Z = 4.0                           # excess kurtosis in standard errors beyond which tails are "heavy"
+TIE = 0.05                             # L1 and L2 changes closer than 5% count as equal
 MEAN_Z = 4.5                           # a mean's z-score beyond which it is "not centred"
 STUDY_BLOCKS = 7                       # the study's H5..H11: the last seven of GPT-2 small's twelve
 BLOCK_TENSORS = [                      # (short name, tensor name inside the block, column slice of c_attn)
@@ -168,19 +170,23 @@ def observations(rows, head_rows):
             f"{max(s1):.4f}, the means are {'still centred' if z1 < MEAN_Z else 'no longer centred'} "
             f"(largest z {z1:.1f}), and the heaviest tails are in "
             f"{heavy['label']} (excess kurtosis {heavy['kurtosis']:.2f}, {_pct(heavy['beyond_3std'])} beyond 3 std).")
-    lns = [r for r in rows if r["kind"] == "layernorm"]
-    outliers = [r for r in lns if r["beyond_3std"] > GAUSSIAN_BEYOND_3STD]
+    # heavy tails: an excess kurtosis more than TAIL_Z standard errors (sqrt(24 / n)) above a Gaussian's 0
+    lns = [r for r in rows if r["kind"] == "layernorm" and not math.isnan(r["kurtosis"])]
+    outliers = [r for r in lns if r["kurtosis"] > TAIL_Z * math.sqrt(24 / r["n"])]
     if lns:
-        top = max(lns, key=lambda r: (r["beyond_3std"], numpy.nan_to_num(r["kurtosis"], nan=-numpy.inf)))
         if outliers:
+            top = max(outliers, key=lambda r: r["kurtosis"])
             obs.append(
-                f"**Outliers in the layer norms.** {len(outliers)} of {len(lns)} layer-norm tensors have more "
-                f"values beyond 3 std than a Gaussian would ({_pct(GAUSSIAN_BEYOND_3STD)}); the most in "
-                f"{top['label']}: {_pct(top['beyond_3std'])} beyond 3 std, excess kurtosis {top['kurtosis']:.2f}, "
-                f"largest |value| {top['max_abs']:.3f} around a mean of {top['mean']:.3f}.")
+                f"**Outliers in the layer norms.** {len(outliers)} of {len(lns)} layer-norm tensors have heavier "
+                f"tails than a Gaussian sample of their size would (excess kurtosis above {TAIL_Z}·sqrt(24/n), "
+                f"{TAIL_Z * math.sqrt(24 / top['n']):.2f} for {top['n']} values); the heaviest is {top['label']}: "
+                f"excess kurtosis {top['kurtosis']:.2f}, {_pct(top['beyond_3std'])} of its values beyond 3 std "
+                f"(a Gaussian: {_pct(GAUSSIAN_BEYOND_3STD)}), largest |value| {top['max_abs']:.3f} around a mean "
+                f"of {top['mean']:.3f}.")
         else:
-            obs.append(f"**Outliers in the layer norms.** None of the {len(lns)} layer-norm tensors has more "
-                       f"values beyond 3 std than a Gaussian would ({_pct(GAUSSIAN_BEYOND_3STD)}): no outliers.")
+            obs.append(f"**Outliers in the layer norms.** None of the {len(lns)} layer-norm tensors has heavier "
+                       f"tails than a Gaussian sample of its size would (excess kurtosis above {TAIL_Z}·sqrt(24/n)): "
+                       "no outliers.")
     by_label = {r["label"]: r for r in rows}
     blocks = sorted({r["block"] for r in rows if r["block"] is not None})
     pairs = [(by_label[f"H{b} L1 weight"], by_label[f"H{b} L2 weight"]) for b in blocks]
@@ -188,12 +194,13 @@ def observations(rows, head_rows):
         more = sum(l2["rms_change"] > l1["rms_change"] for l1, l2 in pairs)
         m1 = float(numpy.mean([l1["rms_change"] for l1, _ in pairs]))
         m2 = float(numpy.mean([l2["rms_change"] for _, l2 in pairs]))
-        if 2 * more > len(pairs):
+        # a verdict needs most blocks and the mean to agree, by more than TIE (5%)
+        if 2 * more > len(pairs) and m2 > (1 + TIE) * m1:
             verdict = "the L2s changed more than the L1s, as the study reads its figures"
-        elif 2 * more < len(pairs):
+        elif 2 * more < len(pairs) and m1 > (1 + TIE) * m2:
             verdict = "the L1s changed more than the L2s, the opposite of the study's reading"
         else:
-            verdict = "neither the L1s nor the L2s changed more"
+            verdict = "the L1s and the L2s changed about as much"
         obs.append(
             f"**L1 against L2.** ln_2's weight moved further from its initial 1 than ln_1's in {more} of "
             f"{len(pairs)} blocks (mean RMS change: L2 {m2:.4f}, L1 {m1:.4f}): here {verdict}.")

@@ -34,7 +34,7 @@ from scratchgpt.analysis.common import (md_table, new_figure, save_figure, tight
 from scratchgpt.analysis.weights import head_slices, tensor_stats
 
 GAUSSIAN_BEYOND_3STD = 0.0027          # P(|x - mean| > 3 std) for a normal distribution
-TAIL_Z = 4.0                           # excess kurtosis in standard errors beyond which tails are "heavy"
+TAIL_Z = 6.0                           # excess kurtosis in standard errors (sqrt(24/n)) for "heavy tails"
 TIE = 0.05                             # L1 and L2 changes closer than 5% count as equal
 MEAN_Z = 4.5                           # a mean's z-score beyond which it is "not centred"
 STUDY_BLOCKS = 7                       # the study's H5..H11: the last seven of GPT-2 small's twelve
@@ -171,6 +171,7 @@ def observations(rows, head_rows):
             f"(largest z {z1:.1f}), and the heaviest tails are in "
             f"{heavy['label']} (excess kurtosis {heavy['kurtosis']:.2f}, {_pct(heavy['beyond_3std'])} beyond 3 std).")
     # heavy tails: an excess kurtosis more than TAIL_Z standard errors (sqrt(24 / n)) above a Gaussian's 0
+    # (the sampling distribution is skewed to the right, so 4 would still flag a few Gaussian tensors)
     lns = [r for r in rows if r["kind"] == "layernorm" and not math.isnan(r["kurtosis"])]
     outliers = [r for r in lns if r["kurtosis"] > TAIL_Z * math.sqrt(24 / r["n"])]
     if lns:

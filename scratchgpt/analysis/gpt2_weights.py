@@ -16,7 +16,7 @@ weights. It writes into --report-dir:
     study_layernorms.png      the study's figures: L1 and L2 (weight, bias) of every chosen block, and FL
     block_<i>.png             every other tensor of block i (q, k, v, projections, MLP; weights and biases)
     block_<i>_heads.png       block i's q, k, v and c_proj slices, one row per attention head
-    summary.png               relative change and tails per block, one line per tensor
+    summary.png               per block: the RMS change of each tensor, the layer norms' share beyond 3 std
     tensors.csv, heads.csv    the statistics (weights.json holds both)
 
 Statistics per tensor (and per head slice): std, excess kurtosis (0 for a Gaussian), the share of

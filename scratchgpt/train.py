@@ -27,6 +27,7 @@ from scratchgpt.data import BatchSampler, get_batch, prepare_corpus
 from scratchgpt.generate import generate_text
 from scratchgpt.model import GPTConfig, GPTModel
 from scratchgpt.optim import AdamW, clip_grad_norm
+from scratchgpt.rng import DropoutRNG
 from scratchgpt.schedules import get_lr
 
 LATEST = "ckpt_latest.npz"
@@ -178,7 +179,12 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
         corpus = load_corpus(cfg, tokenizer)
         opt = _make_optimizer(model, cfg)
         opt.load_state_dict(ck.optimizer_state)
-        model.rng.bit_generator.state = state["dropout_rng"]
+        try:
+            model.rng.load_state_dict(state["dropout_rng"])
+        except ValueError:           # an older checkpoint: only matters if dropout is on
+            if cfg.drop_rate > 0:
+                raise ValueError(f"{latest} stores the old dropout generator, so its dropout masks "
+                                 "cannot be continued bit-exactly: start the run again") from None
         sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.context_length, cfg.seed)
         sampler.load_state_dict(state["sampler"])
         start_iter = state["iter"]
@@ -201,7 +207,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
             cfg = dataclasses.replace(cfg, **{k: getattr(model.cfg, k) for k in
                                               ("n_layers", "n_heads", "emb_dim", "context_length")})
             model.cfg.drop_rate = cfg.drop_rate
-            model.rng = backend.rng(cfg.seed + 1)
+            model.rng = DropoutRNG(cfg.seed + 1)
             corpus = load_corpus(cfg, tokenizer)
             log(f"initialised from {cfg.init_from} (iteration {src.train_state['iter'] if src.train_state else '?'})")
         else:
@@ -217,7 +223,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
 
     def train_state(it, elapsed):
         return {"iter": it, "elapsed_s": elapsed, "sampler": sampler.state_dict(),
-                "dropout_rng": model.rng.bit_generator.state, "train_config": dataclasses.asdict(cfg)}
+                "dropout_rng": model.rng.state_dict(), "train_config": dataclasses.asdict(cfg)}
 
     bar = None
     if progress:

@@ -128,9 +128,26 @@ def _device_function(name, f):
     return call
 
 
+class _Ufunc:
+    """cupy.add and friends: callable, and with .at / .reduce / ... as CuPy's ufuncs have."""
+
+    def __init__(self, name, ufunc):
+        self.__name__, self._ufunc = name, ufunc
+        self._call = _device_function(name, ufunc)
+
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+    def __getattr__(self, method):
+        attr = getattr(self._ufunc, method)
+        return _device_function(f"{self.__name__}.{method}", attr) if callable(attr) else attr
+
+
 def __getattr__(name):
     attr = getattr(_np, name)                       # AttributeError for what NumPy lacks
-    if callable(attr) and not isinstance(attr, type) and not name.startswith("_"):
+    if isinstance(attr, _np.ufunc):
+        attr = _Ufunc(name, attr)
+    elif callable(attr) and not isinstance(attr, type) and not name.startswith("_"):
         attr = _device_function(name, attr)
     globals()[name] = attr
     return attr

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from scratchgpt import backend, checkpoint
+from scratchgpt import backend, checkpoint, precision
 from scratchgpt.data import BatchSampler, get_batch, prepare_corpus
 from scratchgpt.generate import generate_text
 from scratchgpt.model import GPTConfig, GPTModel
@@ -69,6 +69,7 @@ class TrainConfig:
     init_from: str = None
     backend: str = "numpy"
     dtype: str = "float32"
+    precision: str = "fp32"                  # fp32 | tf32 | bf16 (GPU matrix products, scratchgpt/precision.py)
 
     def __post_init__(self):
         for name in ("max_iters", "batch_size", "eval_interval", "eval_iters", "grad_accum"):
@@ -166,6 +167,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
     stop_after: stop as an interruption would after that many iterations (tests use it).
     """
     backend.use(cfg.backend)
+    precision.use(cfg.precision, cfg.backend)
     os.makedirs(os.path.join(cfg.out_dir, "checkpoints"), exist_ok=True)
     latest = os.path.join(cfg.out_dir, LATEST)
     start_iter = 0
@@ -173,7 +175,8 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
         ck = checkpoint.load(latest)
         state = ck.train_state
         saved = TrainConfig(**{**state["train_config"], "max_iters": cfg.max_iters,
-                               "out_dir": cfg.out_dir, "backend": cfg.backend})
+                               "out_dir": cfg.out_dir, "backend": cfg.backend,
+                               "precision": cfg.precision})
         cfg = saved
         model, tokenizer = ck.model, ck.tokenizer
         corpus = load_corpus(cfg, tokenizer)

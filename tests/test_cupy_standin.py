@@ -99,3 +99,33 @@ def test_train_checkpoint_resume_sample_and_eval_on_the_cupy_standin(tmp_path):
     rc, out = run(["-m", "scratchgpt", "sample", "--out-dir", str(gpu), "--prompt", "To be",
                    "--max-new-tokens", "20"], env)                                 # the GPU run on the CPU
     assert rc == 0 and out.startswith("To be"), out[-4000:]
+
+
+def test_finetune_cls_finetune_sft_and_chat_on_the_cupy_standin(tmp_path):
+    """Chapters 6 and 7 and the chat on CuPy arrays, from a small BPE base run trained on CuPy."""
+    env = standin_env(SCRATCHGPT_CACHE=str(tmp_path / "cache"), SCRATCHGPT_KERNELS="numpy")
+    rows = [(f"cheap pills offer {i}", "spam") for i in range(20)] + [(f"see you at {i} tonight", "ham")
+                                                                      for i in range(20)]
+    (tmp_path / "sms.csv").write_text("label,text\n" + "".join(f"{l},{t}\n" for t, l in rows))
+    entries = [{"instruction": "Join the two words with a dash.", "input": f"{a} {b}", "output": f"{a}-{b}"}
+               for a, b in [("apple", "river"), ("stone", "cloud"), ("green", "tiger"), ("piano", "window")] * 5]
+    (tmp_path / "data.json").write_text(json.dumps(entries))
+    text = tmp_path / "base.txt"
+    text.write_text((" ".join(t for t, _ in rows) + " " + json.dumps(entries) + " ") * 4)
+    base, cls, sft = tmp_path / "base", tmp_path / "cls", tmp_path / "sft"
+    rc, out = run(["-m", "scratchgpt", "train", "--text-file", str(text), "--tokenizer", "bpe:300", "--backend",
+                   "cupy", "--n-layers", "1", "--n-heads", "2", "--emb-dim", "16", "--context-length", "128",
+                   "--batch-size", "2", "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1",
+                   "--sample-tokens", "4", "--out-dir", str(base), "--no-progress"], env)
+    assert rc == 0, out[-4000:]
+    cupy_env = {**env, "SCRATCHGPT_BACKEND": "cupy"}
+    rc, out = run(["-m", "scratchgpt", "finetune-cls", "--out-dir", str(base), "--csv", str(tmp_path / "sms.csv"),
+                   "--epochs", "1", "--save-dir", str(cls), "--lora-rank", "2"], cupy_env)
+    assert rc == 0 and "accuracy after fine-tuning" in out, out[-4000:]
+    rc, out = run(["-m", "scratchgpt", "finetune-sft", "--out-dir", str(base), "--json", str(tmp_path / "data.json"),
+                   "--epochs", "1", "--save-dir", str(sft), "--show", "1", "--max-new-tokens", "4"], cupy_env)
+    assert rc == 0 and (sft / "ckpt_latest.npz").exists(), out[-4000:]
+    r = subprocess.run([sys.executable, "-m", "scratchgpt", "chat", "--out-dir", str(sft), "--max-new-tokens", "4"],
+                       cwd=ROOT, env=cupy_env, input="Join apple and river.\n", capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]

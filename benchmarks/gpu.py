@@ -13,10 +13,12 @@ Python float, for ours and torch alike). Columns:
 
     ours kernels   the CuPy backend with the numba.cuda kernels (SCRATCHGPT_KERNELS=numba)
     ours arrays    the CuPy backend with the reference array code of the ops (=numpy)
+    ours tf32      ours kernels with --precision tf32 (CuPy's float32 products on TF32 tensor cores)
     torch fp32     torch eager, float32 matmuls in full float32 (TF32 off)
     torch tf32     torch eager, TF32 tensor-core matmuls (torch.set_float32_matmul_precision("high"))
 
-Ours does not use TF32 (CuPy's matmuls are full float32 unless CUPY_TF32=1 is set before import).
+"ours kernels" and "ours arrays" do not use TF32: scratchgpt.precision.use("fp32") sets CuPy's
+float32 products to full float32 whatever CUPY_TF32 says; "ours tf32" is precision.use("tf32").
 tokens/s is the median over repeats of `steps` steps each, timed between two device synchronisations,
 after warm-up steps (numba compiles the kernels on the first one). Peak memory is measured on one
 more step: for ours the high-water mark of CuPy's memory pool in use (a counting allocator around
@@ -63,13 +65,14 @@ class PeakCounter:
         return mem
 
 
-def bench_ours(cfgd, kernels, steps, repeats, warmup):
+def bench_ours(cfgd, kernels, steps, repeats, warmup, prec="fp32"):
     import cupy
     import scratchgpt as sg
-    from scratchgpt import backend
+    from scratchgpt import backend, precision
 
     backend.use("cupy")
     backend.use_kernels(kernels)
+    precision.use(prec)
     pool = cupy.get_default_memory_pool()
     try:
         model = sg.GPTModel(sg.GPTConfig(**model_config(cfgd)), seed=0, dtype="float32")
@@ -99,6 +102,7 @@ def bench_ours(cfgd, kernels, steps, repeats, warmup):
         gc.collect()
         pool.free_all_blocks()
         backend.use_kernels(True)
+        precision.use("fp32")
 
 
 # ---------------------------------------------------------------- torch
@@ -204,6 +208,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--ours-only", action="store_true", help="skip torch (a dry run without a CUDA torch)")
     a = ap.parse_args()
     print(describe(), flush=True)
 
@@ -213,21 +218,22 @@ def main():
         r = results[name] = {}
         r["ours kernels"] = run_one(bench_ours, cfgd, True, *opts)
         r["ours arrays"] = run_one(bench_ours, cfgd, False, *opts)
-        r["torch fp32"] = run_one(bench_torch, cfgd, False, *opts)
-        r["torch tf32"] = run_one(bench_torch, cfgd, True, *opts)
+        r["ours tf32"] = run_one(bench_ours, cfgd, True, *opts, "tf32")
+        for col, tf32 in (("torch fp32", False), ("torch tf32", True)):
+            r[col] = dict(error="skipped") if a.ours_only else run_one(bench_torch, cfgd, tf32, *opts)
         path = r["ours kernels"].get("path")
         if path and path != "numba.cuda kernels":
             print(f"note: {name}: 'ours kernels' ran the {path} (numba.cuda is not usable here)")
         print(f"{name}: done", flush=True)
 
-    cols = ["ours kernels", "ours arrays", "torch fp32", "torch tf32"]
-    print("\ntokens/s (higher is better); ratio = ours kernels / torch")
+    cols = ["ours kernels", "ours arrays", "ours tf32", "torch fp32", "torch tf32"]
+    print("\ntokens/s (higher is better); vs fp32 = ours kernels / torch fp32, vs tf32 = ours tf32 / torch tf32")
     print(f"{'config':7} {'tokens':>6} " + " ".join(f"{c:>13}" for c in cols) + f" {'vs fp32':>8} {'vs tf32':>8}")
     for name, r in results.items():
         cfgd = CONFIGS[name]
         print(f"{name:7} {cfgd['batch'] * cfgd['context_length']:6} " + " ".join(f"{fmt_rate(r[c]):>13}" for c in cols)
               + f" {ratio(r['ours kernels'], r['torch fp32'], 'tokens_per_s'):>8}"
-              + f" {ratio(r['ours kernels'], r['torch tf32'], 'tokens_per_s'):>8}")
+              + f" {ratio(r['ours tf32'], r['torch tf32'], 'tokens_per_s'):>8}")
     print("\npeak device memory in use during a step, MiB (lower is better); ratio = ours kernels / torch fp32")
     print(f"{'config':7} " + " ".join(f"{c:>13}" for c in cols) + f" {'ratio':>8}")
     for name, r in results.items():

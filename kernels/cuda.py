@@ -37,13 +37,33 @@ simulator has no shuffles and the tests run every kernel under it.
 numba compiles each kernel on its first call for a given dtype (a second or so) and, with
 cache=True, keeps the machine code on disk for later processes, as the CPU kernels do.
 """
+import contextlib
 import math
 import warnings
 
 import numpy as np
 
+
+@contextlib.contextmanager
+def numpy_row_stack_for_numba_cuda():
+    """numba-cuda (0.30.4 and earlier) registers an overload of numpy.row_stack when it loads its
+    array functions, at import or at the first kernel compile. NumPy 2.5 removed row_stack (an
+    alias of vstack since NumPy 1.x), so that registration raises AttributeError and every kernel
+    fails. While this block runs, and only on a NumPy without it, numpy.row_stack is vstack again;
+    afterwards it is gone, and numba-cuda has its registration. Numba itself checks (0.68)."""
+    added = not hasattr(np, "row_stack")
+    if added:
+        np.row_stack = np.vstack
+    try:
+        yield
+    finally:
+        if added:
+            del np.row_stack
+
+
 try:
-    from numba import config, cuda
+    with numpy_row_stack_for_numba_cuda():
+        from numba import cuda
 except ImportError:           # numba without a CUDA target: this module imports, available() is False
     cuda = None
 
@@ -64,23 +84,47 @@ MAX_BLOCKS = 2 ** 31 - 1
 FLOAT_DTYPES = (np.float32, np.float64)
 
 
+_available = None           # available()'s answer, found once
+why_unavailable = ""        # and, when it is False, why (backend's warning says it)
+
+
 def available():
-    """True when numba.cuda can run here: a GPU and its compiler (NVVM), or the simulator."""
+    """True when the numba.cuda kernels run here: a GPU, numba.cuda and its compiler (or the
+    simulator). Found once per process by compiling and running a trivial kernel, on a numba
+    device array and, where CuPy is installed, on a CuPy array the way the kernels get them."""
+    global _available, why_unavailable
+    if _available is None:
+        why_unavailable = _probe()
+        _available = not why_unavailable
+    return _available
+
+
+def _probe():
+    """'' if a trivial kernel compiles, runs and gives the right numbers, else the reason."""
     if cuda is None:
-        return False
+        return "numba has no CUDA target (pip install 'numba-cuda[cu12]', or [cu13])"
     try:
         if not cuda.is_available():
-            return False
-    except Exception:         # a broken driver: the reference array code is used
-        return False
-    if config.ENABLE_CUDASIM:
-        return True
+            return "numba.cuda sees no GPU"
+    except Exception as e:    # a broken driver
+        return f"numba.cuda.is_available() failed: {type(e).__name__}: {e}"
     try:
-        from numba.cuda.cudadrv import nvvm
-        check = nvvm.is_available
-    except (ImportError, AttributeError):     # a numba-cuda of another layout: trust it to find NVVM
-        return True
-    return bool(check())
+        with numpy_row_stack_for_numba_cuda():
+            x = cuda.to_device(np.zeros(64))
+            _probe_kernel[2, 32](x)
+            if not np.array_equal(x.copy_to_host(), 2.0 * np.arange(64)):
+                return "a trivial kernel ran but gave wrong numbers"
+            try:
+                import cupy
+            except ImportError:
+                return ""
+            y = cupy.zeros(64)
+            _launch(_probe_kernel, 2, 32, y)
+            if not np.array_equal(cupy.asnumpy(y), 2.0 * np.arange(64)):
+                return "a trivial kernel on a CuPy array gave wrong numbers"
+    except Exception as e:    # no NVVM, a driver too old for the PTX, a numba-cuda incompatibility ...
+        return f"a trivial kernel failed: {type(e).__name__}: {str(e)[:300]}"
+    return ""
 
 
 def _jit(device=False):
@@ -88,6 +132,13 @@ def _jit(device=False):
     if cuda is None:
         return lambda f: f
     return cuda.jit(device=True, cache=True) if device else cuda.jit(cache=True)
+
+
+@_jit()
+def _probe_kernel(x):
+    i = cuda.grid(1)
+    if i < x.shape[0]:
+        x[i] = 2.0 * i
 
 
 if cuda is not None:
@@ -609,6 +660,8 @@ def _launch(kernel, grid, threads, *args):
     Interface's stream rule), which would stall the queue of a training step many times over.
     Launching on CuPy's own current stream keeps the order of the work without that.
     """
+    if _available is None and kernel is not _probe_kernel:
+        available()           # the first compile needs numpy_row_stack_for_numba_cuda: the probe has it
     stream = 0
     if any(_cupy(a) is not None for a in args):
         import cupy

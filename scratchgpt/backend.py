@@ -23,6 +23,7 @@ settings, so SCRATCHGPT_TUNE_THREADS=0 turns it off; a NUMBA_THREADING_LAYER or
 OPENBLAS_THREAD_TIMEOUT you set yourself always wins.
 """
 import os
+import warnings
 
 import numpy
 
@@ -102,12 +103,25 @@ def _select_ops():
         from scratchgpt.kernels.ops import FastOps
         if name == "cupy":
             from scratchgpt.kernels import cuda
-            return FastOps(cuda) if cuda.available() else reference_ops
+            if cuda.available():
+                return FastOps(cuda)
+            _warn_once(f"the numba.cuda kernels cannot run here ({cuda.why_unavailable}); CuPy arrays "
+                       "take the reference array code (SCRATCHGPT_KERNELS=numpy chooses it without this warning)")
+            return reference_ops
         from scratchgpt import kernels
     except ImportError:          # numba missing: the reference code
         return reference_ops
     tune_threads()
     return FastOps(kernels)
+
+
+_warned = set()
+
+
+def _warn_once(message):
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def __getattr__(attr):

@@ -38,6 +38,7 @@ def _train_parser(sub):
     p.add_argument("--init-from", help="start from another run's weights (fresh optimizer, new --out-dir)")
     p.add_argument("--backend", default=backend.name, choices=["numpy", "cupy"])
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
+    _precision_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     return p
@@ -59,7 +60,7 @@ def cmd_train(a):
                       milestones=milestones, gamma=a.gamma, grad_clip=a.grad_clip, grad_accum=a.grad_accum,
                       eval_interval=a.eval_interval, eval_iters=a.eval_iters, sample_prompt=a.sample_prompt,
                       sample_tokens=a.sample_tokens, seed=a.seed, out_dir=out_dir, init_from=a.init_from,
-                      backend=a.backend, dtype=a.dtype)
+                      backend=a.backend, dtype=a.dtype, precision=a.precision)
     try:
         res = train(cfg, resume=a.resume, progress=not a.no_progress)
     except TrainingInterrupted:
@@ -67,6 +68,12 @@ def cmd_train(a):
     print(f"done: {res['iter']} iterations, val loss {res['val_loss']:.4f}; run folder {res['out_dir']}")
     print(f"sample more with: scratchgpt sample --out-dir {res['out_dir']}")
     return 0
+
+
+def _precision_argument(p):
+    from scratchgpt.precision import PRECISIONS
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="GPU matrix products: fp32 (default, the CPU's math), tf32 (tensor cores); see docs/gpu.md")
 
 
 def _load_run(out_dir):
@@ -79,7 +86,9 @@ def _load_run(out_dir):
 
 
 def cmd_sample(a):
+    from scratchgpt import precision
     from scratchgpt.generate import generate_text
+    precision.use(a.precision)
     if a.gpt2_dir:
         from scratchgpt.gpt2 import load_gpt2
         from scratchgpt.tokenizer import BPETokenizer
@@ -101,8 +110,10 @@ def cmd_sample(a):
 
 
 def cmd_eval(a):
+    from scratchgpt import precision
     from scratchgpt.data import prepare_corpus
     from scratchgpt.evaluate import evaluate_loss
+    precision.use(a.precision)
     model, tok = _load_run(a.out_dir)
     corpus = prepare_corpus(None if a.text_file else a.dataset, text_file=a.text_file, tokenizer=tok)
     loss = evaluate_loss(model, corpus.val if a.split == "val" else corpus.train, a.batch_size,
@@ -127,6 +138,7 @@ def build_parser():
     s.add_argument("--top-p", type=float)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num-samples", type=int, default=1)
+    _precision_argument(s)
     s.set_defaults(func=cmd_sample)
     e = sub.add_parser("eval", help="loss and perplexity of a run's model on a corpus (prints JSON)")
     e.add_argument("--out-dir", required=True)
@@ -136,6 +148,7 @@ def build_parser():
     e.add_argument("--split", default="val", choices=["train", "val"])
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--max-batches", type=int, default=None, help="evaluate only this many batches")
+    _precision_argument(e)
     e.set_defaults(func=cmd_eval)
     for register in _more_commands():
         register(sub)

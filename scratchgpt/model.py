@@ -22,6 +22,7 @@ import numpy  # host-side only: input checks and the seeded init
 
 from scratchgpt import backend
 from scratchgpt.params import ParamBuffer
+from scratchgpt.rng import DropoutRNG
 
 
 @dataclass
@@ -306,7 +307,7 @@ class GPTModel:
         self.cfg, self.seed = cfg, seed
         self.dtype = backend.get_dtype(dtype)
         self.training = True
-        self.rng = backend.rng(seed + 1)          # dropout masks; the init uses its own stream
+        self.rng = DropoutRNG(seed + 1)           # dropout masks (scratchgpt/rng.py); the init has its own
         self.extensions = {}                      # what fine-tuning added (saved with the config)
         self._bind(ParamBuffer(parameter_shapes(cfg), self.dtype, backend.xp))
         if init:                  # init=False: all zeros, for a loader that overwrites every weight

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from scratchgpt import backend, checkpoint
+from scratchgpt import backend, checkpoint, precision
 from scratchgpt.data import BatchSampler, get_batch, prepare_corpus
 from scratchgpt.generate import generate_text
 from scratchgpt.model import GPTConfig, GPTModel
 from scratchgpt.optim import AdamW, clip_grad_norm
+from scratchgpt.rng import DropoutRNG
 from scratchgpt.schedules import get_lr
 
 LATEST = "ckpt_latest.npz"
@@ -68,6 +69,7 @@ class TrainConfig:
     init_from: str = None
     backend: str = "numpy"
     dtype: str = "float32"
+    precision: str = "fp32"                  # fp32 | tf32 | bf16 (GPU matrix products, scratchgpt/precision.py)
 
     def __post_init__(self):
         for name in ("max_iters", "batch_size", "eval_interval", "eval_iters", "grad_accum"):
@@ -165,6 +167,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
     stop_after: stop as an interruption would after that many iterations (tests use it).
     """
     backend.use(cfg.backend)
+    precision.use(cfg.precision, cfg.backend)
     os.makedirs(os.path.join(cfg.out_dir, "checkpoints"), exist_ok=True)
     latest = os.path.join(cfg.out_dir, LATEST)
     start_iter = 0
@@ -172,13 +175,19 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
         ck = checkpoint.load(latest)
         state = ck.train_state
         saved = TrainConfig(**{**state["train_config"], "max_iters": cfg.max_iters,
-                               "out_dir": cfg.out_dir, "backend": cfg.backend})
+                               "out_dir": cfg.out_dir, "backend": cfg.backend,
+                               "precision": cfg.precision})
         cfg = saved
         model, tokenizer = ck.model, ck.tokenizer
         corpus = load_corpus(cfg, tokenizer)
         opt = _make_optimizer(model, cfg)
         opt.load_state_dict(ck.optimizer_state)
-        model.rng.bit_generator.state = state["dropout_rng"]
+        try:
+            model.rng.load_state_dict(state["dropout_rng"])
+        except ValueError:           # an older checkpoint: only matters if dropout is on
+            if cfg.drop_rate > 0:
+                raise ValueError(f"{latest} stores the old dropout generator, so its dropout masks "
+                                 "cannot be continued bit-exactly: start the run again") from None
         sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.context_length, cfg.seed)
         sampler.load_state_dict(state["sampler"])
         start_iter = state["iter"]
@@ -201,7 +210,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
             cfg = dataclasses.replace(cfg, **{k: getattr(model.cfg, k) for k in
                                               ("n_layers", "n_heads", "emb_dim", "context_length")})
             model.cfg.drop_rate = cfg.drop_rate
-            model.rng = backend.rng(cfg.seed + 1)
+            model.rng = DropoutRNG(cfg.seed + 1)
             corpus = load_corpus(cfg, tokenizer)
             log(f"initialised from {cfg.init_from} (iteration {src.train_state['iter'] if src.train_state else '?'})")
         else:
@@ -217,7 +226,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
 
     def train_state(it, elapsed):
         return {"iter": it, "elapsed_s": elapsed, "sampler": sampler.state_dict(),
-                "dropout_rng": model.rng.bit_generator.state, "train_config": dataclasses.asdict(cfg)}
+                "dropout_rng": model.rng.state_dict(), "train_config": dataclasses.asdict(cfg)}
 
     bar = None
     if progress:

@@ -213,7 +213,8 @@ def evaluate_classifier(model, encoded, pad_id, batch_size=8, max_batches=None):
             _, last = last_token_logits(model, ids, lengths)
             pred = backend.to_numpy(last.argmax(axis=-1))
             correct += int((pred == labels).sum())
-            loss_sum += backend.ops.cross_entropy_forward(last, array_module(last).asarray(labels))[0] * len(labels)
+            loss = backend.ops.cross_entropy_forward(last, array_module(last).asarray(labels))[0]
+            loss_sum += float(loss) * len(labels)        # float: on CuPy the loss is a 0-d device array
             total += len(labels)
     finally:
         model.train(was_training)

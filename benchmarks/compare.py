@@ -36,7 +36,6 @@ machine may be shared: the load average is recorded before and after, and ratios
 > 1 means we are faster) are more trustworthy than the absolute numbers.
 """
 import argparse
-import inspect
 import json
 import math
 import os
@@ -333,7 +332,7 @@ class OpTimer:
     def wrap(self, module, name):
         fn = getattr(module, name)
         setattr(module, name, self.timed(fn, lambda args: self.label(name, args)))
-        self.patched.append((module, name, fn if inspect.ismodule(module) else None))
+        self.patched.append((module, name, fn))
 
     def wrap_method(self, obj, name, key):
         fn = getattr(obj, name)

@@ -1,0 +1,114 @@
+"""scratchgpt/checkpoint.py: every way a checkpoint can be wrong gets its own clear error, and
+the round trip keeps what the default path does not look at (AdamW's v, scalars, the dtype)."""
+import json
+
+import numpy as np
+import pytest
+
+import scratchgpt as sg
+from scratchgpt import checkpoint
+from scratchgpt.checkpoint import CheckpointError
+from scratchgpt.tokenizer import CharTokenizer
+
+
+def saved(tmp_path, dtype="float32"):
+    tok = CharTokenizer.from_text("hello world")
+    cfg = sg.GPTConfig(vocab_size=tok.vocab_size, context_length=8, emb_dim=8, n_heads=2, n_layers=1)
+    model = sg.GPTModel(cfg, seed=0, dtype=dtype)
+    opt = sg.AdamW(model, lr=3e-3, betas=(0.8, 0.95), weight_decay=0.05)
+    for _ in range(2):
+        idx = np.array([[1, 2, 3, 4]])
+        model.zero_grad()
+        model.loss(idx, idx)
+        model.backward()
+        opt.step()
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, model, tok, opt, train_state={"iter": 2})
+    return path, model, opt
+
+
+def rewrite(path, edit_meta=None, edit_arrays=None):
+    """Change a saved checkpoint's meta.json and/or arrays in place."""
+    meta, arrays = checkpoint.read(path)
+    if edit_meta:
+        edit_meta(meta)
+    if edit_arrays:
+        edit_arrays(arrays)
+    arrays["meta.json"] = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
+    np.savez(path, **arrays)
+
+
+def test_a_foreign_format_is_named(tmp_path):
+    path, _, _ = saved(tmp_path)
+    rewrite(path, lambda m: m.update(format="someone-elses-v3"))
+    with pytest.raises(CheckpointError, match="format 'someone-elses-v3', expected 'scratchgpt-checkpoint-v1'"):
+        checkpoint.load(path)
+
+
+def test_meta_json_that_is_not_json_is_refused(tmp_path):
+    path, _, _ = saved(tmp_path)
+    _, arrays = checkpoint.read(path)
+    arrays["meta.json"] = np.frombuffer(b"{not json", np.uint8)
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match="unreadable meta.json"):
+        checkpoint.load(path)
+
+
+@pytest.mark.parametrize("config", [{"vocab_size": 11, "emb_dim": 8}, {**dict(vocab_size=11, context_length=8,
+                                    emb_dim=8, n_heads=3, n_layers=1)}, {"unknown_key": 1}])
+def test_a_bad_model_config_is_refused(tmp_path, config):
+    path, _, _ = saved(tmp_path)
+    rewrite(path, lambda m: m.update(config=config))
+    with pytest.raises(CheckpointError, match="c.npz has an invalid model config"):
+        checkpoint.load(path)
+
+
+def test_a_bad_tokenizer_is_refused(tmp_path):
+    path, _, _ = saved(tmp_path)
+    rewrite(path, lambda m: m.update(tokenizer={"type": "sentencepiece"}))
+    with pytest.raises(CheckpointError, match="c.npz has an unreadable tokenizer.*sentencepiece"):
+        checkpoint.load(path)
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path):
+    path, model, _ = saved(tmp_path)
+    big = CharTokenizer.from_text("hello world, and many more letters: xyzq").to_dict()
+    rewrite(path, lambda m: m.update(tokenizer=big))
+    n = CharTokenizer.from_dict(big).vocab_size
+    with pytest.raises(CheckpointError, match=f"tokenizer has {n} tokens but the model only {model.cfg.vocab_size}"):
+        checkpoint.load(path)
+
+
+@pytest.mark.parametrize("stored,asked", [("float32", "float64"), ("float64", "float32"), ("float64", None)])
+def test_load_with_a_dtype_converts_the_weights(tmp_path, stored, asked):
+    path, model, _ = saved(tmp_path, dtype=stored)
+    ck = checkpoint.load(path, dtype=asked)
+    want = np.dtype(asked or stored)
+    assert ck.model.dtype == want and ck.model.flat_params.dtype == want
+    for name, w in model.state_dict().items():
+        got = ck.model.state_dict()[name]
+        assert got.dtype == want, name
+        np.testing.assert_array_equal(got, w.astype(want), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_optimizer_round_trip_keeps_both_moments_its_scalars_and_dtype(tmp_path, dtype):
+    path, model, opt = saved(tmp_path, dtype=dtype)
+    ck = checkpoint.load(path)
+    state = ck.optimizer_state
+    for name in ("m", "v"):
+        assert state[name].dtype == np.dtype(dtype), name
+        np.testing.assert_array_equal(state[name], getattr(opt, name), err_msg=name)
+    assert not np.array_equal(state["m"], state["v"])
+    assert (state["t"], state["lr"], tuple(state["betas"]), state["eps"], state["weight_decay"]) == \
+        (2, 3e-3, (0.8, 0.95), opt.eps, 0.05)
+    fresh = sg.AdamW(ck.model)
+    fresh.load_state_dict(state)
+    for model_now in (model, ck.model):                       # one more step on each: the same update
+        idx = np.array([[4, 3, 2, 1]])
+        model_now.zero_grad()
+        model_now.loss(idx, idx)
+        model_now.backward()
+    opt.step()
+    fresh.step()
+    np.testing.assert_array_equal(ck.model.flat_params, model.flat_params)

@@ -38,9 +38,13 @@ def test_cupy_without_cupy_or_gpu_gives_a_clear_error():
 
 def test_env_variable_selects_the_backend_at_import():
     code = "import scratchgpt; print(scratchgpt.backend.name)"
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={**__import__("os").environ, "SCRATCHGPT_BACKEND": "numpy"})
+    env = {**__import__("os").environ, "SCRATCHGPT_BACKEND": "numpy"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert p.stdout.strip() == "numpy"
+    # numpy is also the default, so a value only the variable can carry shows it is read
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**env, "SCRATCHGPT_BACKEND": "klingon"})
+    assert p.returncode != 0 and "unknown backend 'klingon'" in p.stderr
 
 
 def test_to_numpy_and_array_module():
@@ -52,6 +56,8 @@ def test_to_numpy_and_array_module():
 
 def test_rng_is_seeded():
     assert backend.rng(3).random() == backend.rng(3).random()
+    assert backend.rng(3).random() == np.random.default_rng(3).random()       # the seed is the one given
+    assert backend.rng(3).random() != backend.rng(4).random()
 
 
 def test_kernel_switch_is_read_from_the_environment():

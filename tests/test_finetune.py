@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import rel_err
+from conftest import corpus_missing, rel_err
 from torch_gpt import torch_gpt_logits, torch_params
 import scratchgpt as sg
 import scratchgpt.model
@@ -24,7 +24,7 @@ def corpora_or_skip():
         ft.corpus_passages("shakespeare")
         ft.corpus_passages("math")
     except CorpusNotAvailable as e:
-        pytest.skip(str(e))
+        corpus_missing(str(e))
 
 
 # ---- the classification head and freezing ------------------------------------------------
@@ -243,7 +243,7 @@ def test_wikipedia_instructions_have_three_kinds_and_hold_articles_out():
     try:
         entries = ft.wikipedia_instructions(n_articles=30, seed=0)
     except CorpusNotAvailable as e:
-        pytest.skip(str(e))
+        corpus_missing(str(e))
     kinds = {e["instruction"].split()[0] for e in entries}
     assert {"Describe", "Which"} <= kinds and kinds & {"What", "Who"}
     assert all(e["output"] and len(e["output"]) <= 200 for e in entries)

@@ -15,14 +15,17 @@ TOL = {np.float64: 1e-9, np.float32: 1e-4}
 def rel_err(ours, ref):
     """Normwise relative error max|a - b| / max|b| (ours may be a CuPy array, ref a tensor).
 
-    max|b| is floored at 1e-3, so an array that should be all zero (e.g. LayerNorm's dweight
-    when C = 1) is compared on an absolute scale instead of dividing rounding noise by zero."""
+    The scale is the reference's own largest entry, however small, so a small gradient gets
+    the same 1e-9 / 1e-4 bound as a large one. Only a reference that is exactly zero
+    everywhere is compared on an absolute scale (max|a|), where dividing would be 0 / 0."""
     a = np.asarray(backend.to_numpy(ours), dtype=np.float64)
     b = ref.detach().cpu().numpy() if hasattr(ref, "detach") else np.asarray(ref)
     b = np.asarray(b, dtype=np.float64)
     assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
-    scale = max(np.abs(b).max(), 1e-3) if b.size else 1.0
-    return float(np.abs(a - b).max() / scale) if b.size else 0.0
+    if not b.size:
+        return 0.0
+    scale = np.abs(b).max()
+    return float(np.abs(a - b).max() / (scale if scale > 0 else 1.0))
 
 
 def corpus_missing(reason):

@@ -1,0 +1,79 @@
+"""The gradient checks themselves: conftest's relative error keeps its stated bounds on small
+gradients, LayerNorm of a single channel (whose exact gradients are zero) is checked on its
+own scale, and central finite differences check the whole model's backward entry by entry."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import scratchgpt as sg
+from conftest import TOL, rel_err
+from scratchgpt import ops
+
+
+def test_rel_err_scales_by_the_references_own_size_however_small():
+    ref = np.array([3e-4, -1e-4, 2e-4])                  # LayerNorm-sized gradients
+    ours = ref * (1 + 2e-4)                               # 2e-4 off: beyond float32's 1e-4
+    assert rel_err(ours, ref) == pytest.approx(2e-4, rel=1e-6)
+    assert rel_err(ours, ref) > TOL[np.float32]
+    assert rel_err(ref * 1e-12, ref * 1e-12 * (1 + 1e-6)) == pytest.approx(1e-6, rel=1e-3)
+    assert rel_err(np.array([1e-20, 0.0]), np.zeros(2)) == 1e-20      # all-zero reference: absolute
+    assert rel_err(np.zeros(0), np.zeros(0)) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_layernorm_of_one_channel_has_zero_dx_and_dweight(kernels, dtype):
+    """With C = 1, x - mean(x) = 0 exactly, so dx = 0 and dweight = 0 exactly; the reference's
+    own values there are rounding noise (torch gives ~1e-14), so each side is checked against
+    the size these gradients would have without the cancellation: |dout| |w| rstd and |dout| |x|."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((3, 4, 1)) * 3 + 1).astype(dtype)
+    w, b = rng.standard_normal(1).astype(dtype), rng.standard_normal(1).astype(dtype)
+    dout = rng.standard_normal((3, 4, 1)).astype(dtype)
+    out, cache = ops.layernorm_forward(x, w, b)
+    dx, dw, db = ops.layernorm_backward(dout, cache)
+    rstd = 1 / np.sqrt(1e-5)
+    xt, wt, bt = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, w, b))
+    ref = F.layer_norm(xt, (1,), wt, bt, eps=1e-5)
+    ref.backward(torch.tensor(dout, dtype=torch.float64))
+    tol = TOL[np.dtype(dtype).type]
+    assert rel_err(out, ref) <= tol and rel_err(db, bt.grad) <= tol
+    dx_scale = np.abs(dout).max() * np.abs(w).max() * rstd
+    dw_scale = np.abs(dout).sum() * np.abs(x).max()
+    for ours, theirs, scale in ((dx, xt.grad, dx_scale), (dw, wt.grad, dw_scale)):
+        assert np.abs(ours).max() <= tol * scale
+        assert theirs.abs().max().item() <= tol * scale
+
+
+def test_finite_differences_agree_with_the_backward_entry_by_entry():
+    """Central differences (h = 1e-5, float64) against model.backward(): the largest entries of
+    each parameter's gradient and a few random ones must agree to 1e-6 relative + 1e-9 absolute.
+    The absolute part is the differences' own noise (about eps * |loss| / h = 5e-11, and
+    h^2 * f''' truncation); a 1% error on any entry above 1e-7 exceeds the bound."""
+    cfg = sg.GPTConfig(vocab_size=11, context_length=8, emb_dim=12, n_heads=3, n_layers=2, qkv_bias=True)
+    model = sg.GPTModel(cfg, seed=1, dtype="float64")
+    r = np.random.default_rng(1)
+    idx, tgt = r.integers(0, 11, (2, 6)), r.integers(0, 11, (2, 6))
+    model.loss(idx, tgt)
+    model.zero_grad()
+    model.backward()
+    grads = {k: np.array(v) for k, v in model.grads().items()}
+    h, checked = 1e-5, 0
+    for name, g in grads.items():
+        p = model.params[name]
+        if name == "transformer.wpe.weight":
+            g = g[:6]                                        # only rows < T take part
+        largest = np.argsort(-np.abs(g), axis=None)[:3]
+        picks = list(largest) + list(r.integers(0, g.size, 2))
+        for flat in picks:
+            i = np.unravel_index(flat, g.shape)
+            old = p[i]
+            p[i] = old + h
+            up = model.loss(idx, tgt)
+            p[i] = old - h
+            down = model.loss(idx, tgt)
+            p[i] = old
+            numeric = (up - down) / (2 * h)
+            assert abs(numeric - grads[name][i]) <= 1e-6 * abs(numeric) + 1e-9, (name, i, numeric, grads[name][i])
+            checked += 1
+    assert checked == 5 * len(grads)

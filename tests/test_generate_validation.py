@@ -86,3 +86,42 @@ def test_a_prompt_longer_than_the_context_continues_from_its_last_window():
     assert not np.array_equal(out[:, 13:], head[:, 10:])     # (the start of the prompt would differ)
     uncached = generate(model, prompt, 3, use_cache=False)
     np.testing.assert_array_equal(out, uncached)
+
+
+# ---- the sampler's edges (each test below was written for a mutant that survived) ----------
+def test_the_default_is_greedy_and_top_k_of_one_is_argmax():
+    logits = np.random.default_rng(2).normal(size=(5, 9))
+    np.testing.assert_array_equal(sample_next(logits), logits.argmax(axis=-1))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        np.testing.assert_array_equal(sample_next(logits, temperature=3.0, top_k=1, rng=rng),
+                                      logits.argmax(axis=-1))
+
+
+def test_top_k_keeps_k_tokens_per_row_whatever_the_batch_size():
+    logits = np.random.default_rng(3).normal(size=(2, 12))          # B = 2 < top_k = 5 < V = 12
+    rng = np.random.default_rng(1)
+    seen = [set(), set()]
+    for _ in range(400):
+        for row, t in enumerate(sample_next(logits, temperature=5.0, top_k=5, rng=rng)):
+            seen[row].add(int(t))
+    for row in range(2):
+        assert seen[row] == set(np.argsort(-logits[row])[:5].tolist())
+
+
+def test_top_p_drops_a_token_whose_mass_above_reaches_top_p_exactly():
+    logits = np.zeros((1, 2))                                        # probabilities exactly 0.5, 0.5
+    rng = np.random.default_rng(4)
+    draws = [int(sample_next(logits, temperature=1.0, top_p=0.5, rng=rng)[0]) for _ in range(50)]
+    assert set(draws) == {0}                                         # token 1 has 0.5 above it: dropped
+    both = {int(sample_next(logits, temperature=1.0, top_p=0.51, rng=rng)[0]) for _ in range(50)}
+    assert both == {0, 1}
+
+
+def test_every_token_can_be_drawn_from_a_single_row_without_a_generator():
+    logits = np.zeros((1, 4))
+    draws = {int(sample_next(logits, temperature=1.0)[0]) for _ in range(200)}     # rng=None: fresh entropy
+    assert draws == {0, 1, 2, 3}                                      # the first and the last included
+    last = np.array([[0.0, 0.0, 0.0, 8.0]])
+    rng = np.random.default_rng(5)
+    assert np.mean([int(sample_next(last, temperature=1.0, rng=rng)[0]) == 3 for _ in range(200)]) > 0.95

@@ -115,8 +115,44 @@ def test_optimizers_refuse_a_model_with_frozen_parameters(make):
         make(model)
     opt = make(sg.GPTModel(model.cfg))
     opt.model.freeze(["transformer.ln_f"])
-    with pytest.raises(ValueError, match="frozen parameters"):
+    with pytest.raises(ValueError, match=f"{make.__name__} was given a model with 13 frozen parameters"):
         opt.step()
+
+
+def test_sgd_defaults_are_plain_steps_of_0_01():
+    flat = Flat()
+    start = flat.flat_params.copy()
+    opt = SGD(flat)
+    flat.flat_grads[...] = 1.0
+    opt.step()
+    opt.step()                                            # no momentum by default: two equal steps
+    np.testing.assert_allclose(flat.flat_params, start - 2 * 1e-2, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("grad_clip", [None, 0.05])
+def test_trainable_params_with_nothing_frozen_is_adamw_on_the_model(dtype, grad_clip):
+    """The packed buffer (2-D weights first, as the model's own) gives the very same steps,
+    weight decay on the same entries, in the model's dtype."""
+    cfg = sg.GPTConfig(vocab_size=11, context_length=4, emb_dim=8, n_heads=2, n_layers=2, qkv_bias=True)
+    a, b = sg.GPTModel(cfg, seed=0, dtype=dtype), sg.GPTModel(cfg, seed=0, dtype=dtype)
+    opt_a = AdamW(a, lr=1e-2, weight_decay=0.5)
+    params = TrainableParams(b)
+    assert params.flat_params.dtype == np.dtype(dtype) and params.n_decay == a.n_decay
+    opt_b = AdamW(params, lr=1e-2, weight_decay=0.5)
+    idx = np.random.default_rng(6).integers(0, 11, (2, 4))
+    for _ in range(3):
+        for m in (a, b):
+            m.zero_grad()
+            m.loss(idx, idx)
+            m.backward()
+        if grad_clip:
+            clip_grad_norm(a, grad_clip)
+        opt_a.step()
+        params.step(opt_b, grad_clip=grad_clip)
+    for k in a.params:
+        np.testing.assert_allclose(b.params[k], a.params[k], rtol=1e-12 if dtype == "float64" else 1e-6,
+                                   atol=0, err_msg=k)
 
 
 def test_trainable_params_step_moves_only_the_trainable_weights_as_adamw_would():

@@ -139,3 +139,38 @@ def test_resume_and_init_from_together_are_refused(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "--resume and --init-from exclude each other" in res.stderr
+
+
+@pytest.mark.parametrize("grad_clip,grad_accum", [(0.0, 1), (0.0, 3), (0.5, 2), (1e-3, 1)])
+def test_one_training_step_is_the_mean_loss_clipped_then_adamw(grad_clip, grad_accum):
+    """train._step by hand: grad_accum micro-batches, gradients averaged, clipped to grad_clip
+    (0 = no clipping), one AdamW step at the given lr; it returns the mean micro-batch loss."""
+    import scratchgpt as sg
+    from scratchgpt.optim import AdamW, clip_grad_norm
+    from scratchgpt.tokenizer import CharTokenizer
+    from scratchgpt.train import _make_optimizer, _step
+    tok = CharTokenizer.from_text(TEXT)
+    data = np.asarray(tok.encode(TEXT))
+    cfg = TrainConfig(text_file="unused.txt", n_layers=1, n_heads=2, emb_dim=16, context_length=8, batch_size=4,
+                      grad_accum=grad_accum, grad_clip=grad_clip, dtype="float64")
+    mcfg = cfg.model_config(tok.vocab_size)
+    ours, ref = sg.GPTModel(mcfg, seed=0, dtype="float64"), sg.GPTModel(mcfg, seed=0, dtype="float64")
+    opt, opt_ref = _make_optimizer(ours, cfg), AdamW(ref, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                                      weight_decay=cfg.weight_decay)
+    sampler, sampler_ref = BatchSampler(data, 4, 8, seed=3), BatchSampler(data, 4, 8, seed=3)
+    loss = _step(ours, opt, sampler, cfg, lr=2e-2)
+    ref.zero_grad()
+    losses = []
+    for _ in range(grad_accum):
+        x, y = sampler_ref.next()
+        losses.append(ref.loss(x, y))
+        ref.backward()
+    ref.flat_grads /= grad_accum
+    norm = clip_grad_norm(ref, grad_clip if grad_clip > 0 else float("inf"))
+    if grad_clip:
+        assert norm > grad_clip                            # so clipping really happens here
+    opt_ref.lr = 2e-2
+    opt_ref.step()
+    assert loss == pytest.approx(np.mean(losses), rel=1e-12)
+    assert float(opt.last_grad_norm) == pytest.approx(float(norm), rel=1e-12)
+    np.testing.assert_allclose(ours.flat_params, ref.flat_params, rtol=1e-12, atol=1e-15)

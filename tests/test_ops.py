@@ -3,6 +3,7 @@
 Each test runs twice (the `ops` fixture): on the reference ops (scratchgpt.ops) and on the op
 set the backend picks with the kernels on (scratchgpt.kernels.ops.FastOps where numba runs)."""
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -14,7 +15,17 @@ from scratchgpt import backend
 from scratchgpt import ops as reference_ops
 
 DTYPES = [np.float64, np.float32]
-rng = np.random.default_rng(0)
+rng = None          # this test's generator, set by the fixture below
+
+
+@pytest.fixture(autouse=True)
+def seeded_rng(request):
+    """Each test draws its inputs from a generator of its own, seeded by the test's id, so its
+    inputs do not depend on which tests ran before it (or on -k, -x, or the test order)."""
+    global rng
+    rng = np.random.default_rng(zlib.crc32(request.node.name.encode()))
+    yield
+    rng = None
 
 
 @pytest.fixture(params=["reference", "fast"])
@@ -119,6 +130,11 @@ def test_layernorm_uses_biased_variance(ops):
 @pytest.mark.parametrize("shape", [(1,), (3, 7), (2, 5, 16)])
 def test_gelu(dtype, approximate, shape, ops):
     x = randn(*shape, dtype=dtype) * 3
+    # One entry of size 1.5 gives every tensor the output scale of a real activation. Alone, a
+    # far-negative draw (x < -4) would be judged relative to a tail value near 1e-6, which the
+    # erf form x/2 (1 + erf(x/sqrt2)) only reaches to about 1e-7 absolute in float32 (1 + erf
+    # cancels); see the closing note of issue 21.
+    x.reshape(-1)[0] = 1.5
     out, cache = ops.gelu_forward(x, approximate)
     dout = randn(*shape, dtype=dtype)
     dx = ops.gelu_backward(dout, cache, approximate)

@@ -280,7 +280,15 @@ def test_finetune_cls_command_writes_a_classifier(tmp_path, capsys):
     assert ck.model.extensions == {"num_classes": 2}                              # merged: no LoRA left
     assert ck.train_state["labels"] == ["ham", "spam"] and ck.train_state["lora"]["rank"] == 2
     assert (tmp_path / "cls" / "lora_adapters.npz").exists()
-    assert ft.classify_text(ck.model, ck.tokenizer, "cheap pills offer 3", ck.train_state["labels"]) in ("ham", "spam")
+    # the saved classifier, scored here example by example, has the accuracy the command printed
+    data = ft.load_csv_dataset(tmp_path / "sms.csv", seed=0)
+    max_length = ck.train_state["max_length"]
+    by_hand = {split: float(np.mean([ft.classify_text(ck.model, ck.tokenizer, t, None, max_length) == y
+                                     for t, y in getattr(data, split)])) for split in ("train", "val", "test")}
+    assert by_hand == pytest.approx(ck.train_state["accuracy_after"], abs=1e-12)
+    printed = out.split("accuracy after fine-tuning:")[1].splitlines()[0]
+    assert printed.strip() == ", ".join(f"{k} {v:.1%}" for k, v in by_hand.items())
+    assert by_hand["train"] >= 0.75 > ck.train_state["accuracy_before"]["train"]    # it learned (chance: 0.5)
 
 
 def test_finetune_sft_command_marks_the_checkpoint_instruction_tuned(tmp_path, capsys):
@@ -294,7 +302,10 @@ def test_finetune_sft_command_marks_the_checkpoint_instruction_tuned(tmp_path, c
     assert "held-out response loss before fine-tuning" in out and "after:" in out
     ck = checkpoint.load(tmp_path / "sft" / "ckpt_latest.npz")
     assert ck.train_state["prompt_format"] == "alpaca" and ck.train_state["instruction_tuned"]
-    assert json.loads((tmp_path / "sft" / "responses.json").read_text())[0]["model_response"] is not None
+    shown = json.loads((tmp_path / "sft" / "responses.json").read_text())
+    assert len(shown) == 1
+    entry = {k: shown[0][k] for k in ("instruction", "input", "output")}
+    assert shown[0]["model_response"] == ft.generate_response(ck.model, ck.tokenizer, entry, 8)
 
 
 def test_trainable_params_with_nothing_frozen_is_plain_adamw():

@@ -55,9 +55,10 @@ def kernels(request):
     """Run a test with the reference NumPy ops and again with the numba kernels."""
     if request.param == "numba":
         pytest.importorskip("numba")
+    was_on = backend.fused(np.zeros(1)) is not None
     backend.use_kernels(request.param == "numba")
     yield request.param
-    backend.use_kernels(True)
+    backend.use_kernels(was_on)            # as it was (SCRATCHGPT_KERNELS=numpy stays off for later tests)
 
 
 @pytest.fixture(params=["serial", "parallel"])

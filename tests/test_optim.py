@@ -115,7 +115,8 @@ def test_optimizers_refuse_a_model_with_frozen_parameters(make):
         make(model)
     opt = make(sg.GPTModel(model.cfg))
     opt.model.freeze(["transformer.ln_f"])
-    with pytest.raises(ValueError, match=f"{make.__name__} was given a model with 13 frozen parameters"):
+    with pytest.raises(ValueError, match=f"{make.__name__} was given a model with 13 frozen parameters "
+                                         r"\(e.g. 'transformer.h.0.attn.c_attn.weight'\)"):
         opt.step()
 
 
@@ -175,3 +176,10 @@ def test_trainable_params_step_moves_only_the_trainable_weights_as_adamw_would()
             assert not np.array_equal(v, before[k]), k
         else:
             np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_adamw_defaults_are_torchs():
+    ours = AdamW(Flat()).state_dict()
+    theirs = torch.optim.AdamW([torch.zeros(1)]).defaults
+    assert (ours["lr"], tuple(ours["betas"]), ours["eps"], ours["weight_decay"]) == \
+        (theirs["lr"], theirs["betas"], theirs["eps"], theirs["weight_decay"])

@@ -8,7 +8,7 @@ import pytest
 
 import scratchgpt as sg
 from scratchgpt import lora
-from scratchgpt.finetune import load_instruction_json, trainable_prefixes
+from scratchgpt.finetune import add_classification_head, load_instruction_json, trainable_prefixes
 from scratchgpt.gpt2 import load_gpt2, save_gpt2
 
 
@@ -20,7 +20,8 @@ def cfg(**kw):
 def test_trainable_prefixes_name_what_trains():
     assert trainable_prefixes(cfg(), "all") is None
     assert trainable_prefixes(cfg(tie_weights=False), "head") == ["lm_head.weight"]
-    assert trainable_prefixes(cfg(num_classes=2), "last-block") == ["transformer.h.1", "transformer.ln_f", "score"]
+    classifier = add_classification_head(sg.GPTModel(cfg(), seed=0), 2)
+    assert trainable_prefixes(classifier, "last-block") == ["transformer.h.1", "transformer.ln_f", "score"]
     assert trainable_prefixes(cfg(tie_weights=True), "last-2") == ["transformer.h.0", "transformer.h.1",
                                                                    "transformer.ln_f"]
 
@@ -61,7 +62,7 @@ def test_load_instruction_json_reads_the_books_file(tmp_path):
 
 @pytest.mark.parametrize("rank", [0, -2])
 def test_lora_rank_below_one_is_refused(rank):
-    with pytest.raises(ValueError, match=f"LoRA rank must be >= 1, got {rank}"):
+    with pytest.raises(ValueError, match=f"LoRA rank must be a positive integer, got {rank}"):
         lora.add_lora(sg.GPTModel(cfg(), seed=0), rank)
 
 

@@ -31,9 +31,10 @@ def seeded_rng(request):
 @pytest.fixture(params=["reference", "fast"])
 def ops(request):
     """The op set under test: the reference ops, or what backend.ops gives with the kernels on."""
+    was_on = backend.ops is not reference_ops
     backend.use_kernels(request.param == "fast")
     yield backend.ops
-    backend.use_kernels(True)
+    backend.use_kernels(was_on)            # as it was (SCRATCHGPT_KERNELS=numpy stays off for later tests)
 
 
 def randn(*shape, dtype=np.float64):

@@ -209,7 +209,10 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
             # the architecture comes from the source run
             cfg = dataclasses.replace(cfg, **{k: getattr(model.cfg, k) for k in
                                               ("n_layers", "n_heads", "emb_dim", "context_length")})
-            model.cfg.drop_rate = cfg.drop_rate
+            # this run's drop rate: the layers read it when they are built, so build the model again
+            model = checkpoint.build_model(dataclasses.replace(model.cfg, drop_rate=cfg.drop_rate),
+                                           src.model.extensions, dtype=cfg.dtype)
+            model.load_state_dict(src.model.state_dict())
             model.rng = DropoutRNG(cfg.seed + 1)
             corpus = load_corpus(cfg, tokenizer)
             log(f"initialised from {cfg.init_from} (iteration {src.train_state['iter'] if src.train_state else '?'})")

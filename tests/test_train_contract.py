@@ -174,3 +174,30 @@ def test_one_training_step_is_the_mean_loss_clipped_then_adamw(grad_clip, grad_a
     assert loss == pytest.approx(np.mean(losses), rel=1e-12)
     assert float(opt.last_grad_norm) == pytest.approx(float(norm), rel=1e-12)
     np.testing.assert_allclose(ours.flat_params, ref.flat_params, rtol=1e-12, atol=1e-15)
+
+
+def test_a_run_started_with_init_from_resumes_bit_exactly(tmp_path, monkeypatch):
+    """--init-from starts run B from run A's weights; B interrupted and resumed with --resume ends
+    where an uninterrupted B ends (weights, optimizer, logs)."""
+    from scratchgpt.train import TrainingInterrupted
+    monkeypatch.setenv("SCRATCHGPT_CACHE", str(tmp_path / "cache"))
+    quiet = dict(progress=False, log=lambda *a: None)
+    a = config(tmp_path, out_dir=str(tmp_path / "a"), max_iters=4, eval_interval=4)
+    train(a, **quiet)
+    kw = dict(max_iters=8, eval_interval=4, init_from=a.out_dir, drop_rate=0.1, lr=1e-3)
+    whole = config(tmp_path, out_dir=str(tmp_path / "whole"), **kw)
+    model = train(whole, **quiet)["model"].train()
+    x = np.zeros((1, 8), dtype=np.int64)
+    assert not np.array_equal(model(x), model(x))          # --drop-rate 0.1 is on in the new run
+    parts = config(tmp_path, out_dir=str(tmp_path / "parts"), **kw)
+    with pytest.raises(TrainingInterrupted):
+        train(parts, stop_after=6, **quiet)
+    train(config(tmp_path, out_dir=str(tmp_path / "parts"), max_iters=8), resume=True, **quiet)
+    wa = checkpoint.load(os.path.join(whole.out_dir, "ckpt_latest.npz"))
+    wb = checkpoint.load(os.path.join(parts.out_dir, "ckpt_latest.npz"))
+    for k, v in wa.model.state_dict().items():
+        np.testing.assert_array_equal(wb.model.state_dict()[k], v, err_msg=k)
+    np.testing.assert_array_equal(wb.optimizer_state["v"], wa.optimizer_state["v"])
+    assert wb.optimizer_state["t"] == 8
+    strip = lambda rows: [(r["iter"], r["train_loss"], r["val_loss"]) for r in rows]
+    assert strip(metrics(parts.out_dir)) == strip(metrics(whole.out_dir))

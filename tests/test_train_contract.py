@@ -90,7 +90,7 @@ def test_a_real_sigint_saves_a_clean_checkpoint_exits_130_and_resume_continues(t
                 break
         else:
             pytest.fail(f"no progress line; stderr: {proc.stderr.read()}")
-        time.sleep(0.5)                                # a few training steps
+        time.sleep(1.0)                                # some training steps (on a slow machine, maybe none)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -101,7 +101,7 @@ def test_a_real_sigint_saves_a_clean_checkpoint_exits_130_and_resume_continues(t
     assert "Traceback" not in err
     ck = checkpoint.load(str(tmp_path / "run" / "ckpt_latest.npz"))
     stopped = ck.train_state["iter"]
-    assert stopped > 0 and ck.optimizer_state["t"] == stopped         # saved after a whole step
+    assert ck.optimizer_state["t"] == stopped                          # saved after a whole step
     assert [r["iter"] for r in metrics(tmp_path / "run")] == [0]
     res = subprocess.run([scratchgpt_command(), "train", "--resume", "--max-iters", str(stopped + 3), *common],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

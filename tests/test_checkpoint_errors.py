@@ -112,3 +112,35 @@ def test_the_optimizer_round_trip_keeps_both_moments_its_scalars_and_dtype(tmp_p
     opt.step()
     fresh.step()
     np.testing.assert_array_equal(ck.model.flat_params, model.flat_params)
+
+
+def test_a_checkpoint_without_tokenizer_or_optimizer_loads_with_none(tmp_path):
+    model = sg.GPTModel(sg.GPTConfig(vocab_size=7, context_length=4, emb_dim=8, n_heads=2, n_layers=1), seed=0)
+    checkpoint.save(tmp_path / "bare.npz", model)
+    ck = checkpoint.load(tmp_path / "bare.npz")
+    assert ck.tokenizer is None and ck.optimizer_state is None and ck.train_state is None
+    idx = np.array([[1, 2, 3]])
+    np.testing.assert_array_equal(ck.model.eval()(idx), model.eval()(idx))
+
+
+@pytest.mark.parametrize("kind", ["classifier", "lora", "classifier+lora"])
+def test_fine_tuned_models_come_back_with_their_head_and_adapters(tmp_path, kind):
+    from scratchgpt.classifier import add_classification_head
+    from scratchgpt.lora import add_lora
+    model = sg.GPTModel(sg.GPTConfig(vocab_size=7, context_length=4, emb_dim=8, n_heads=2, n_layers=1), seed=0)
+    if "classifier" in kind:
+        model = add_classification_head(model, 3, seed=1)
+    if "lora" in kind:
+        model = add_lora(model, 2, alpha=4.0, targets="c_attn", seed=2)
+        for k in model.params:                                # B = 0 at first: move it so it counts
+            if k.endswith("lora_B"):
+                model.params[k][...] = 0.1
+    checkpoint.save(tmp_path / "ft.npz", model)
+    ck = checkpoint.load(tmp_path / "ft.npz")
+    assert set(ck.model.params) == set(model.params)
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(ck.model.params[k], v, err_msg=k)
+    idx = np.array([[1, 2, 3]])
+    out = ck.model.eval()(idx)
+    np.testing.assert_array_equal(out, model.eval()(idx))
+    assert out.shape[-1] == (3 if "classifier" in kind else 7)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import scratchgpt as sg
 from conftest import TOL, rel_err
-from scratchgpt import ops
+from scratchgpt import backend, ops
 
 
 def test_rel_err_scales_by_the_references_own_size_however_small():
@@ -30,8 +30,9 @@ def test_layernorm_of_one_channel_has_zero_dx_and_dweight(kernels, dtype):
     x = (rng.standard_normal((3, 4, 1)) * 3 + 1).astype(dtype)
     w, b = rng.standard_normal(1).astype(dtype), rng.standard_normal(1).astype(dtype)
     dout = rng.standard_normal((3, 4, 1)).astype(dtype)
-    out, cache = ops.layernorm_forward(x, w, b)
-    dx, dw, db = ops.layernorm_backward(dout, cache)
+    chosen = backend.ops                                     # the reference ops, or the fast ones
+    out, cache = chosen.layernorm_forward(x, w, b)
+    dx, dw, db = chosen.layernorm_backward(dout, cache)
     rstd = 1 / np.sqrt(1e-5)
     xt, wt, bt = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, w, b))
     ref = F.layer_norm(xt, (1,), wt, bt, eps=1e-5)
@@ -77,3 +78,19 @@ def test_finite_differences_agree_with_the_backward_entry_by_entry():
             assert abs(numeric - grads[name][i]) <= 1e-6 * abs(numeric) + 1e-9, (name, i, numeric, grads[name][i])
             checked += 1
     assert checked == 5 * len(grads)
+
+
+def test_multihead_attention_forward_applies_its_dropout():
+    """The chapter-3 wrapper passes drop_rate and the generator to the attention core."""
+    from scratchgpt.rng import DropoutRNG
+    r = np.random.default_rng(8)
+    B, T, C, H = 2, 5, 8, 2
+    x = r.standard_normal((B, T, C))
+    wa, ba, wp, bp = r.standard_normal((C, 3 * C)), r.standard_normal(3 * C), r.standard_normal((C, C)), r.standard_normal(C)
+    out, _ = ops.multihead_attention_forward(x, wa, ba, wp, bp, H, drop_rate=0.5, rng=DropoutRNG(3))
+    qkv, _ = ops.linear_forward(x, wa, ba)
+    y, _ = ops.attention_forward(qkv, H, 0.5, DropoutRNG(3))
+    np.testing.assert_array_equal(out, ops.linear_forward(y, wp, bp)[0])
+    plain, _ = ops.multihead_attention_forward(x, wa, ba, wp, bp, H)
+    assert not np.allclose(out, plain)                      # dropout did something
+    np.testing.assert_array_equal(plain, ops.linear_forward(ops.attention_forward(qkv, H)[0], wp, bp)[0])

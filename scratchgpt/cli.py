@@ -6,6 +6,7 @@
 
 Errors a user can fix (a missing corpus package, an unknown character, a checkpoint that
 does not match) print one line on stderr and exit with status 2, without a traceback.
+Under mpiexec (`mpiexec -n 2 scratchgpt train ...`) a rank that fails ends every rank.
 """
 import argparse
 import json

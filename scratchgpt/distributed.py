@@ -1,0 +1,188 @@
+"""Data-parallel training over MPI: `mpiexec -n N scratchgpt train ...` (the book's appendix A
+does this with torch DDP; llm.c with MPI and NCCL, as here).
+
+Every process (a "rank") holds the whole model and the whole AdamW state. Each step every rank
+draws the same global batch (same sampler, same seed), runs forward and backward on its own
+rows of it, and one all-reduce sums the flat gradient buffer across the ranks. After that
+every rank holds the gradient one process would have computed on the whole batch, so clipping
+and AdamW do the same arithmetic everywhere and the weights stay identical without being sent.
+
+    world = distributed.world()        # size 1 unless launched by mpiexec
+    x, y = world.rows(x), world.rows(y)    # (B, T) -> (B / N, T): this rank's rows
+    world.sum_(model.flat_grads)           # in place: the sum over the ranks
+    loss, = world.sum_floats(loss)         # small numbers (losses, flags) through MPI
+
+A single process needs no MPI: mpi4py is imported only when the launcher's environment says
+there are several ranks. NumPy arrays go through MPI's Allreduce; CuPy arrays (--backend cupy)
+through NCCL, whose communicator is set up over MPI as llm.c does (rank 0 makes the unique id,
+MPI broadcasts it).
+"""
+import os
+import sys
+
+# The launchers' "how many ranks" variables: MPICH / Intel MPI (Hydra) and Open MPI.
+SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def launched_size():
+    """The number of ranks mpiexec started (1 outside mpiexec), read from the environment."""
+    for var in SIZE_VARS:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
+
+
+def share_cores_between_ranks():
+    """Under mpiexec, give each rank its share of this machine's cores.
+
+    N ranks on one machine each starting a thread per core would run N x cores threads on the
+    cores. This sets the thread counts (OpenBLAS, numba) to cores // ranks-on-this-machine; it
+    must run before NumPy loads OpenBLAS (scratchgpt/__init__.py calls it first). A thread
+    variable the user set wins.
+    """
+    local = next((int(os.environ[v]) for v in LOCAL_SIZE_VARS if os.environ.get(v, "").isdigit()), 1)
+    if launched_size() == 1 or local <= 1 or any(v in os.environ for v in THREAD_VARS):
+        return
+    n = str(max(1, (os.cpu_count() or 1) // local))
+    for var in THREAD_VARS:
+        os.environ[var] = n
+
+
+class World:
+    """The ranks of one training job. A World of size 1 is a single process: every method is
+    then the identity (or does nothing), so the training loop reads the same either way."""
+
+    def __init__(self, comm=None):
+        self.comm = comm
+        self.rank = comm.Get_rank() if comm is not None else 0
+        self.size = comm.Get_size() if comm is not None else 1
+        self.local_rank = 0                  # this rank's number on its machine (its GPU)
+        if comm is not None:
+            from mpi4py import MPI
+            self.local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+        self._nccl = None
+
+    # -- splitting a batch
+    def check_batch_size(self, batch_size):
+        """The global batch must split into equal shares: a clear error otherwise (on rank 0 only,
+        so the message shows once; the other ranks leave quietly)."""
+        if batch_size % self.size:
+            if self.rank != 0:
+                raise SystemExit(2)
+            raise ValueError(f"--batch-size {batch_size} does not split over {self.size} processes: "
+                             f"use a multiple of {self.size} (it is the global batch; each process "
+                             f"takes batch_size / {self.size} rows)")
+
+    def rows(self, a):
+        """This rank's rows of a global batch: (B, ...) -> (B / size, ...)."""
+        if self.size == 1:
+            return a
+        n = a.shape[0] // self.size
+        return a[self.rank * n:(self.rank + 1) * n]
+
+    def share(self, targets, ignore_index=-100):
+        """This rank's fraction of the batch's counted targets (those not ignore_index).
+
+        Each rank's loss is the mean over its own rows, so weighting it by this share and
+        summing over the ranks gives the mean over the whole batch, even when the ranks hold
+        different numbers of ignored targets."""
+        if self.size == 1:
+            return 1.0
+        counted = targets != ignore_index
+        total = int(counted.sum())
+        return int(self.rows(counted).sum()) / total if total else 0.0
+
+    # -- communication
+    def sum_(self, x):
+        """Sum the array x over the ranks, in place (NumPy through MPI, CuPy through NCCL)."""
+        if self.size == 1:
+            return x
+        if type(x).__module__.startswith("cupy"):
+            return self._nccl_sum_(x)
+        from mpi4py import MPI
+        self.comm.Allreduce(MPI.IN_PLACE, x, op=MPI.SUM)
+        return x
+
+    def sum_floats(self, *values):
+        """Sum a few Python numbers over the ranks with one small all-reduce; returns a list."""
+        if self.size == 1:
+            return [float(v) for v in values]
+        import numpy
+        buf = numpy.array(values, dtype=numpy.float64)
+        self.sum_(buf)
+        return buf.tolist()
+
+    def gather(self, obj):
+        """The list of every rank's obj on rank 0 (None on the others)."""
+        if self.size == 1:
+            return [obj]
+        return self.comm.gather(obj, root=0)
+
+    def rank0_first(self, fn):
+        """fn() on rank 0, then on the others: e.g. a corpus cache written once, then read."""
+        if self.rank == 0:
+            out = fn()
+        if self.size > 1:
+            self.comm.Barrier()
+        if self.rank != 0:
+            out = fn()
+        return out
+
+    def abort(self, code):
+        """End every rank now (a rank that fails alone would leave the others waiting forever
+        in the next all-reduce). Does nothing in a single process."""
+        if self.size > 1:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self.comm.Abort(code)
+
+    # -- GPUs
+    def use_gpu(self):
+        """Select GPU local_rank for this rank (call before any CuPy array is made)."""
+        if self.size > 1:
+            import cupy
+            cupy.cuda.Device(self.local_rank).use()
+
+    def _nccl_sum_(self, x):
+        import cupy
+        from cupy.cuda import nccl
+        if self._nccl is None:
+            self._nccl = nccl_communicator(self)
+        dtype = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}[x.dtype.name]
+        self._nccl.allReduce(x.data.ptr, x.data.ptr, x.size, dtype, nccl.NCCL_SUM,
+                             cupy.cuda.get_current_stream().ptr)
+        return x
+
+
+def nccl_communicator(world):
+    """An NCCL communicator over the world's ranks, bootstrapped through MPI (llm.c's way):
+    rank 0 makes NCCL's unique id, MPI broadcasts it, every rank joins with it."""
+    import numpy
+    from cupy.cuda import nccl
+    uid = numpy.zeros(128, dtype=numpy.int64)           # NCCL_UNIQUE_ID_BYTES of it
+    if world.rank == 0:
+        uid[:] = nccl.get_unique_id()
+    if world.comm is not None:
+        world.comm.Bcast(uid, root=0)
+    return nccl.NcclCommunicator(world.size, tuple(int(v) for v in uid), world.rank)
+
+
+_world = None
+
+
+def world():
+    """The World of this process, made on first use: MPI's COMM_WORLD under mpiexec, else size 1."""
+    global _world
+    if _world is None:
+        if launched_size() == 1:
+            _world = World()
+        else:
+            try:
+                from mpi4py import MPI
+            except ImportError:
+                raise RuntimeError(f"started by mpiexec as one of {launched_size()} processes, but mpi4py "
+                                   f"is not installed: pip install -e \".[mpi]\"") from None
+            _world = World(MPI.COMM_WORLD)
+    return _world

@@ -66,14 +66,14 @@ class World:
 
     # -- splitting a batch
     def check_batch_size(self, batch_size):
-        """The global batch must split into equal shares: a clear error otherwise (on rank 0 only,
-        so the message shows once; the other ranks leave quietly)."""
+        """The global batch must split into equal shares: a clear error otherwise. Every rank finds
+        it before any communication, so all leave at once (exit status 2); rank 0 says why."""
         if batch_size % self.size:
-            if self.rank != 0:
-                raise SystemExit(2)
-            raise ValueError(f"--batch-size {batch_size} does not split over {self.size} processes: "
-                             f"use a multiple of {self.size} (it is the global batch; each process "
-                             f"takes batch_size / {self.size} rows)")
+            if self.rank == 0:
+                print(f"error: --batch-size {batch_size} does not split over {self.size} processes: use "
+                      f"a multiple of {self.size} (it is the global batch; each process takes "
+                      f"batch_size / {self.size} rows)", file=sys.stderr)
+            raise SystemExit(2)
 
     def rows(self, a):
         """This rank's rows of a global batch: (B, ...) -> (B / size, ...)."""

@@ -122,7 +122,7 @@ def test_a_resumed_mpiexec_run_equals_an_uninterrupted_one(folder):
 
 def test_a_batch_that_does_not_split_over_the_processes_is_a_clear_error(folder):
     p = train(folder, "--max-iters", "2", "--batch-size", "5", "--out-dir", "odd", n=2, timeout=60)
-    assert p.returncode != 0
+    assert p.returncode == 2
     assert p.stderr.count("--batch-size 5 does not split over 2 processes: use a multiple of 2") == 1
 
 

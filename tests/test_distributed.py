@@ -200,6 +200,29 @@ def test_ctrl_c_on_the_launcher_stops_every_rank_and_saves(folder):
     assert stopped_at > 0 and out.count(f"interrupted at iteration {stopped_at}") == 1
 
 
+FAIL_ON_RANK_1 = """
+import sys
+from scratchgpt import cli, distributed, train
+step = train._step
+def failing_step(model, opt, sampler, cfg, lr, world):
+    if world.rank == 1 and sampler.batches_drawn == 3:
+        raise ValueError("rank 1 cannot go on")
+    return step(model, opt, sampler, cfg, lr, world)
+train._step = failing_step
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_an_error_on_one_rank_ends_every_rank_with_one_line(folder):
+    t = time.time()
+    p = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", FAIL_ON_RANK_1, "train", *TINY,
+                        "--max-iters", "100000", "--eval-interval", "50000", "--out-dir", "failed"],
+                       cwd=folder, env=env_for(folder), capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=60)
+    assert p.returncode == 2 and time.time() - t < 30
+    assert p.stderr.count("error: rank 1 cannot go on (rank 1)") == 1, p.stderr
+
+
 GRADIENT_CHECK = """
 import copy, numpy as np
 from scratchgpt import GPTConfig, GPTModel, distributed

@@ -180,12 +180,12 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
     vocabulary shared by several corpora, so every model can score every corpus).
     stop_after: stop as an interruption would after that many iterations (tests use it).
     """
-    backend.use(cfg.backend)
-    precision.use(cfg.precision, cfg.backend)
     world = distributed.world()            # one process, or this rank of an mpiexec job
     world.check_batch_size(cfg.batch_size)
     if cfg.backend == "cupy":
-        world.use_gpu()
+        world.use_gpu()                    # GPU local_rank, before CuPy touches a device
+    backend.use(cfg.backend)
+    precision.use(cfg.precision, cfg.backend)
     main = world.rank == 0                 # rank 0 alone writes the run folder and logs
     if not main:
         log, progress = _quiet, False

@@ -69,6 +69,22 @@ def worker(config, steps):
                           "mb_per_step": model.flat_grads.nbytes / 1e6}))
 
 
+def allreduce_worker(mb, repeats):
+    """Under mpiexec: the median time of one in-place all-reduce of `mb` MB of float32 (rank 0 prints)."""
+    from scratchgpt import distributed
+    import numpy as np
+    world = distributed.world()
+    x = np.ones(int(mb * 1e6) // 4, dtype=np.float32)
+    times = []
+    for _ in range(repeats + 1):
+        world.comm.Barrier()
+        t = time.perf_counter()
+        world.sum_(x)
+        times.append(time.perf_counter() - t)
+    if world.rank == 0:
+        print(json.dumps({"mb": mb, "procs": world.size, "allreduce_s": float(np.median(times[1:]))}))
+
+
 def run(config, procs, steps, threads):
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
@@ -90,9 +106,12 @@ def main():
     p.add_argument("--procs", default="1,2", help="process counts to run under mpiexec, e.g. 1,2,4")
     p.add_argument("--steps", type=int, default=10, help="timed steps per row (the gpt2 shape takes at most 3)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--allreduce-worker", type=float, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         return worker(a.worker, a.steps)
+    if a.allreduce_worker:
+        return allreduce_worker(a.allreduce_worker, a.steps)
     cores = os.cpu_count()
     print(f"{cores} cores; each row: median of the timed steps\n")
     print("| config | params | processes x threads | tokens/s | step ms | all-reduce ms | all-reduce share | MB/step |")
@@ -105,6 +124,18 @@ def main():
             print(f"| {config} | {row['params'] / 1e6:.2f}M | {n} x {threads} | {row['tokens_per_s']:,.0f} | "
                   f"{row['step_s'] * 1e3:.1f} | {row['allreduce_s'] * 1e3:.1f} | "
                   f"{row['allreduce_s'] / row['step_s']:.1%} | {row['mb_per_step']:.1f} |", flush=True)
+    # the all-reduce alone, for the time model in docs/distributed.md: t = alpha + bytes / bandwidth
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    print("\n| processes | MB | all-reduce ms | algorithm bandwidth GB/s (MB / time) |")
+    print("| ---: | ---: | ---: | ---: |")
+    for n in (int(v) for v in a.procs.split(",") if int(v) > 1):
+        for mb in (0.004, 3.2, 43.1, 497.8):            # 1,000 floats; the tiny, small, gpt2 gradients
+            out = subprocess.run([mpiexec, "-n", str(n), sys.executable, os.path.abspath(__file__),
+                                  "--allreduce-worker", str(mb), "--steps", str(a.steps)],
+                                 capture_output=True, text=True, check=True).stdout
+            row = json.loads(out.strip().splitlines()[-1])
+            print(f"| {n} | {mb:g} | {row['allreduce_s'] * 1e3:.3f} | {mb / 1e3 / row['allreduce_s']:.2f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

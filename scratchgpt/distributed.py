@@ -156,6 +156,89 @@ class World:
         return x
 
 
+class ZeroAdamW:
+    """ZeRO stage 1 (Rajbhandari et al., 2020): AdamW with its moments split over the ranks.
+
+    Plain data parallelism keeps the whole m and v (8 bytes per parameter in float32) on every
+    rank. Here rank r keeps m and v only for its slice [lo, hi) of the flat buffer:
+
+        reduce-scatter   each rank receives the sum over the ranks of its slice of the gradients
+        clip             by the global norm (one small all-reduce of the slices' squared norms)
+        AdamW            on its slice of the parameters only
+        all-gather       every rank receives every slice: the whole updated parameters again
+
+    The arithmetic is AdamW's, element by element, so the run equals plain data parallelism
+    (and one process) up to the order of the sums. A checkpoint holds the whole m and v
+    (gathered on rank 0), the same file plain AdamW writes, so either can resume the other.
+    """
+
+    def __init__(self, model, world, **adamw_kwargs):
+        from types import SimpleNamespace
+
+        from scratchgpt.optim import AdamW
+        if type(model.flat_params).__module__ != "numpy":
+            raise ValueError("--zero1 runs on the numpy backend (its collectives go through MPI on the host)")
+        self.model, self.world = model, world
+        n, N = model.flat_params.size, world.size
+        self.counts = [n // N + (r < n % N) for r in range(N)]          # slice sizes, as even as can be
+        self.starts = [sum(self.counts[:r]) for r in range(N)]
+        lo, hi = self.starts[world.rank], self.starts[world.rank] + self.counts[world.rank]
+        # AdamW steps any object with flat_params, flat_grads and n_decay: give it this rank's slice
+        # (the decayed tensors come first in the buffer, so the slice's decayed part is a prefix too)
+        self.shard = SimpleNamespace(flat_params=model.flat_params[lo:hi],
+                                     flat_grads=model.flat_grads[lo:hi].copy(),
+                                     n_decay=min(max(model.n_decay - lo, 0), hi - lo))
+        self.adamw = AdamW(self.shard, **adamw_kwargs)
+        self.lo, self.hi, self._gathered = lo, hi, None
+
+    @property
+    def lr(self):
+        return self.adamw.lr
+
+    @lr.setter
+    def lr(self, value):
+        self.adamw.lr = value
+
+    def step(self, max_norm):
+        """Reduce-scatter the gradients, clip, update this rank's slice, all-gather the parameters.
+        Call after backward() instead of all-reducing; returns the gradient norm before clipping."""
+        from mpi4py import MPI
+        g, comm = self.shard.flat_grads, self.world.comm
+        comm.Reduce_scatter(self.model.flat_grads, g, self.counts, op=MPI.SUM)
+        norm = float(self.world.sum_floats(float(g @ g))[0]) ** 0.5
+        g *= min(max_norm / (norm + 1e-6), 1.0)                        # clip_grad_norm's formula
+        self.adamw.step()
+        comm.Allgatherv(MPI.IN_PLACE, [self.model.flat_params, self.counts, self.starts,
+                                       _mpi_type(self.model.flat_params)])
+        return norm
+
+    def gather_state(self):
+        """Collect every rank's slice of m and v on rank 0 (all ranks call it; before a checkpoint)."""
+        from mpi4py import MPI
+        import numpy
+        full = {}
+        for name in ("m", "v"):
+            part = getattr(self.adamw, name)
+            buf = numpy.empty(self.model.flat_params.size, part.dtype) if self.world.rank == 0 else None
+            self.world.comm.Gatherv(part, [buf, self.counts, self.starts, _mpi_type(part)]
+                                    if self.world.rank == 0 else None, root=0)
+            full[name] = buf
+        self._gathered = full
+
+    def state_dict(self):
+        """The whole AdamW state (rank 0, after gather_state): the format plain AdamW saves."""
+        return {**self.adamw.state_dict(), **self._gathered}
+
+    def load_state_dict(self, d):
+        """Load a whole AdamW state (from any checkpoint) and keep this rank's slice of m and v."""
+        self.adamw.load_state_dict({**d, "m": d["m"][self.lo:self.hi], "v": d["v"][self.lo:self.hi]})
+
+
+def _mpi_type(a):
+    from mpi4py import MPI
+    return MPI.DOUBLE if a.dtype.itemsize == 8 else MPI.FLOAT
+
+
 def nccl_communicator(world):
     """An NCCL communicator over the world's ranks, bootstrapped through MPI (llm.c's way):
     rank 0 makes NCCL's unique id, MPI broadcasts it, every rank joins with it."""

@@ -63,6 +63,7 @@ class TrainConfig:
     gamma: float = 0.1
     grad_clip: float = 1.0
     grad_accum: int = 1
+    zero1: bool = False                      # under mpiexec: shard AdamW's moments over the ranks
     # evaluation, samples, bookkeeping
     eval_interval: int = 250
     eval_iters: int = 20
@@ -202,7 +203,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
         cfg = saved
         model, tokenizer = ck.model, ck.tokenizer
         corpus = world.rank0_first(lambda: load_corpus(cfg, tokenizer))
-        opt = _make_optimizer(model, cfg)
+        opt = _make_optimizer(model, cfg, world)
         opt.load_state_dict(ck.optimizer_state)
         try:
             model.rng.load_state_dict(_dropout_state(state, world, cfg, latest))
@@ -235,7 +236,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
             tokenizer = corpus.tokenizer
             model = GPTModel(cfg.model_config(tokenizer.vocab_size), seed=cfg.seed, dtype=cfg.dtype)
             model.rng = DropoutRNG(_dropout_seed(cfg.seed + 1, world))
-        opt = _make_optimizer(model, cfg)
+        opt = _make_optimizer(model, cfg, world)
         sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.context_length, cfg.seed)
         elapsed0 = 0.0
     log(f"model: {model.num_parameters():,} parameters; data: {len(corpus.train):,} train / "
@@ -245,6 +246,8 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
     def train_state(it, elapsed):
         # every rank calls this (each has its own dropout generator, gathered to rank 0)
         rngs = world.gather(model.rng.state_dict())
+        if isinstance(opt, distributed.ZeroAdamW):
+            opt.gather_state()                 # the AdamW slices, to rank 0 for the checkpoint
         return {"iter": it, "elapsed_s": elapsed, "sampler": sampler.state_dict(),
                 "dropout_rng": model.rng.state_dict(), "train_config": dataclasses.asdict(cfg),
                 "world_size": world.size, **({"dropout_rng_ranks": rngs} if world.size > 1 else {})}
@@ -308,8 +311,9 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
             checkpoint.save(latest, model, tokenizer, opt, state)
         if bar is not None:
             bar.close()
-        log(f"interrupted at iteration {it}; saved {latest}. Continue with: scratchgpt train --out-dir "
-            f"{cfg.out_dir} --resume")
+        launcher = f"mpiexec -n {world.size} " if world.size > 1 else ""
+        log(f"interrupted at iteration {it}; saved {latest}. Continue with: {launcher}scratchgpt train "
+            f"--out-dir {cfg.out_dir} --resume")
         raise TrainingInterrupted(it) from None
     finally:
         stop.restore()
@@ -382,8 +386,12 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
-def _make_optimizer(model, cfg):
-    return AdamW(model, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+def _make_optimizer(model, cfg, world=None):
+    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    world = world or distributed.world()
+    if cfg.zero1 and world.size > 1:
+        return distributed.ZeroAdamW(model, world, **kw)
+    return AdamW(model, **kw)
 
 
 def _step(model, opt, sampler, cfg, lr, world=None):
@@ -409,8 +417,12 @@ def _step(model, opt, sampler, cfg, lr, world=None):
         last_share = share
     if last_share is not None and (cfg.grad_accum > 1 or last_share != 1.0):
         model.flat_grads *= last_share / cfg.grad_accum
-    world.sum_(model.flat_grads)                       # the all-reduce (a no-op in one process)
-    opt.last_grad_norm = clip_grad_norm(model, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     opt.lr = lr
+    if isinstance(opt, distributed.ZeroAdamW):         # reduce-scatter, clip, AdamW, all-gather
+        opt.last_grad_norm = opt.step(max_norm)
+        return total / cfg.grad_accum
+    world.sum_(model.flat_grads)                       # the all-reduce (a no-op in one process)
+    opt.last_grad_norm = clip_grad_norm(model, max_norm)
     opt.step()
     return total / cfg.grad_accum

@@ -71,11 +71,12 @@ def assert_same_run(a, b, tol):
         assert rel(wa[k], wb[k]) <= tol, k
 
 
-@pytest.mark.parametrize("dtype,tol", [("float64", 1e-9), ("float32", 1e-4)])
-def test_two_processes_follow_one_process_at_the_same_global_batch(folder, dtype, tol):
+@pytest.mark.parametrize("dtype,tol,zero1", [("float64", 1e-9, False), ("float32", 1e-4, False),
+                                             ("float64", 1e-9, True)])
+def test_two_processes_follow_one_process_at_the_same_global_batch(folder, dtype, tol, zero1):
     args = ["--max-iters", "12", "--eval-interval", "6", "--grad-accum", "2", "--dtype", dtype]
     one = train(folder, *args, "--out-dir", "one")
-    two = train(folder, *args, "--out-dir", "two", n=2)
+    two = train(folder, *args, "--out-dir", "two", *(["--zero1"] if zero1 else []), n=2)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     assert_same_run(folder / "two", folder / "one", tol)
@@ -89,9 +90,11 @@ def test_two_processes_follow_one_process_at_the_same_global_batch(folder, dtype
     assert two.stdout.count("done: 12 iterations") == 1             # rank 0 alone prints
 
 
-def test_a_resumed_mpiexec_run_equals_an_uninterrupted_one(folder):
+@pytest.mark.parametrize("zero1", [False, True])
+def test_a_resumed_mpiexec_run_equals_an_uninterrupted_one(folder, zero1):
     # dropout on, so each rank's own dropout generator must come back from the checkpoint
-    args = ["--max-iters", "12", "--eval-interval", "5", "--drop-rate", "0.1", "--dtype", "float64"]
+    args = ["--max-iters", "12", "--eval-interval", "5", "--drop-rate", "0.1", "--dtype", "float64",
+            *(["--zero1"] if zero1 else [])]
     full = train(folder, *args, "--out-dir", "full", n=2)
     assert full.returncode == 0, full.stderr
     stop = textwrap.dedent(f"""

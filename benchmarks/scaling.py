@@ -7,12 +7,15 @@ Each row is one training step as `scratchgpt train` runs it (train._step: forwar
 the gradient all-reduce, clipping, AdamW) on fixed random global batches of the config's size,
 median over --steps after one warm-up step. Under `mpiexec -n N` each rank gets cores / N
 threads (scratchgpt/distributed.py); the one-process row uses every core. "all-reduce" is the
-time spent in the gradient all-reduce (including waiting for the slower rank), "MB/step" the
-bytes of the flat gradient buffer each rank contributes.
+time spent in the gradient all-reduce (including waiting for the slower rank; for ZeRO-1 rows,
+its whole optimizer step: reduce-scatter, AdamW on the rank's slice, all-gather), "MB/step" the
+bytes of the flat gradient buffer each rank contributes, "AdamW MB/rank" the optimizer state
+each rank holds, "peak RSS" the largest resident memory of any rank.
 """
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -24,7 +27,7 @@ CONFIGS = {          # benchmarks/train.py's shapes; gpt2 is GPT-2 small (124M) 
 }
 
 
-def worker(config, steps):
+def worker(config, steps, zero1=False):
     """Run inside each process (rank): time `steps` training steps; rank 0 prints one JSON line."""
     import scratchgpt as sg              # first: under mpiexec it sets the threads before NumPy loads
     import numpy as np
@@ -35,7 +38,8 @@ def worker(config, steps):
     c = dict(CONFIGS[config])
     batch = c.pop("batch")
     model = sg.GPTModel(sg.GPTConfig(**c), seed=0)
-    opt = sg.AdamW(model, lr=1e-4, weight_decay=0.1)
+    opt = (distributed.ZeroAdamW(model, world, lr=1e-4, weight_decay=0.1) if zero1 and world.size > 1
+           else sg.AdamW(model, lr=1e-4, weight_decay=0.1))
     cfg = TrainConfig(batch_size=batch, context_length=c["context_length"])
     r = np.random.default_rng(0)
     x = r.integers(0, c["vocab_size"], (batch, c["context_length"]))
@@ -53,6 +57,15 @@ def worker(config, steps):
         reduce_s.append(time.perf_counter() - t)
         return a
     world.sum_ = timed_sum
+    if isinstance(opt, distributed.ZeroAdamW):          # its communication lives in its step
+        plain_step = opt.step
+
+        def timed_step(max_norm):
+            t = time.perf_counter()
+            out = plain_step(max_norm)
+            reduce_s.append(time.perf_counter() - t)
+            return out
+        opt.step = timed_step
     step_s = []
     for i in range(steps + 1):
         if world.size > 1:
@@ -61,12 +74,15 @@ def worker(config, steps):
         _step(model, opt, Batches(), cfg, 1e-4, world)
         step_s.append(time.perf_counter() - t)
     step, red = float(np.median(step_s[1:])), (float(np.median(reduce_s[1:])) if reduce_s else 0.0)
+    adam = opt.adamw if zero1 and world.size > 1 else opt
+    rss = world.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3)      # MB, per rank
     if world.rank == 0:
         print(json.dumps({"config": config, "procs": world.size, "threads": os.environ.get("OMP_NUM_THREADS"),
                           "params": model.num_parameters(), "step_s": step,
                           "tokens_per_s": batch * c["context_length"] / step,
                           "allreduce_s": red if world.size > 1 else 0.0,
-                          "mb_per_step": model.flat_grads.nbytes / 1e6}))
+                          "mb_per_step": model.flat_grads.nbytes / 1e6,
+                          "adamw_mb_per_rank": (adam.m.nbytes + adam.v.nbytes) / 1e6, "peak_rss_mb": max(rss)}))
 
 
 def allreduce_worker(mb, repeats):
@@ -85,10 +101,11 @@ def allreduce_worker(mb, repeats):
         print(json.dumps({"mb": mb, "procs": world.size, "allreduce_s": float(np.median(times[1:]))}))
 
 
-def run(config, procs, steps, threads):
+def run(config, procs, steps, threads, zero1=False):
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", config, "--steps", str(steps)]
+    cmd += ["--zero1"] if zero1 else []
     if procs > 1:
         cmd = [os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(procs)] + cmd
     else:
@@ -105,25 +122,28 @@ def main():
     p.add_argument("--configs", default="tiny,small,gpt2")
     p.add_argument("--procs", default="1,2", help="process counts to run under mpiexec, e.g. 1,2,4")
     p.add_argument("--steps", type=int, default=10, help="timed steps per row (the gpt2 shape takes at most 3)")
+    p.add_argument("--zero1", action="store_true", help="add rows with ZeRO-1 (AdamW state sharded) for N > 1")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--allreduce-worker", type=float, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        return worker(a.worker, a.steps)
+        return worker(a.worker, a.steps, a.zero1)
     if a.allreduce_worker:
         return allreduce_worker(a.allreduce_worker, a.steps)
     cores = os.cpu_count()
     print(f"{cores} cores; each row: median of the timed steps\n")
-    print("| config | params | processes x threads | tokens/s | step ms | all-reduce ms | all-reduce share | MB/step |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| config | params | processes x threads | tokens/s | step ms | all-reduce ms | all-reduce share "
+          "| MB/step | AdamW MB/rank | peak RSS MB/rank |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for config in a.configs.split(","):
         steps = min(a.steps, 3) if config == "gpt2" else a.steps
         for n in (int(v) for v in a.procs.split(",")):
-            row = run(config, n, steps, threads=cores)
-            threads = row["threads"]
-            print(f"| {config} | {row['params'] / 1e6:.2f}M | {n} x {threads} | {row['tokens_per_s']:,.0f} | "
-                  f"{row['step_s'] * 1e3:.1f} | {row['allreduce_s'] * 1e3:.1f} | "
-                  f"{row['allreduce_s'] / row['step_s']:.1%} | {row['mb_per_step']:.1f} |", flush=True)
+            for zero1 in ([False, True] if a.zero1 and n > 1 else [False]):
+                row = run(config, n, steps, threads=cores, zero1=zero1)
+                print(f"| {config} | {row['params'] / 1e6:.2f}M | {n} x {row['threads']}{' ZeRO-1' if zero1 else ''} "
+                      f"| {row['tokens_per_s']:,.0f} | {row['step_s'] * 1e3:.1f} | {row['allreduce_s'] * 1e3:.1f} | "
+                      f"{row['allreduce_s'] / row['step_s']:.1%} | {row['mb_per_step']:.1f} | "
+                      f"{row['adamw_mb_per_rank']:.1f} | {row['peak_rss_mb']:,.0f} |", flush=True)
     # the all-reduce alone, for the time model in docs/distributed.md: t = alpha + bytes / bandwidth
     mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     print("\n| processes | MB | all-reduce ms | algorithm bandwidth GB/s (MB / time) |")

@@ -273,3 +273,22 @@ def test_the_nccl_path_sums_on_the_gpu_in_a_world_of_one():
     world._nccl = distributed.nccl_communicator(world)
     world._nccl_sum_(x)
     np.testing.assert_array_equal(cupy.asnumpy(x), np.arange(10, dtype=np.float32))
+
+
+def test_under_mpiexec_each_rank_gets_its_share_of_the_cores(monkeypatch):
+    names = distributed.THREAD_VARS + distributed.SIZE_VARS + distributed.LOCAL_SIZE_VARS
+    for name in names:                        # recorded, so the test leaves the environment as it was
+        monkeypatch.setenv(name, "x")
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    distributed.share_cores_between_ranks()
+    assert not any(v in os.environ for v in distributed.THREAD_VARS)          # one process: untouched
+    monkeypatch.setenv("PMI_SIZE", "4")
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")                                 # 2 of the 4 on this machine
+    distributed.share_cores_between_ranks()
+    assert [os.environ[v] for v in distributed.THREAD_VARS] == ["4"] * len(distributed.THREAD_VARS)
+    for v in distributed.THREAD_VARS:
+        monkeypatch.delenv(v)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")                                 # the user's choice wins
+    distributed.share_cores_between_ranks()
+    assert os.environ["OMP_NUM_THREADS"] == "3" and "OPENBLAS_NUM_THREADS" not in os.environ

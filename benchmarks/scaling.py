@@ -102,8 +102,8 @@ def allreduce_worker(mb, repeats):
 
 
 def run(config, procs, steps, threads, zero1=False):
-    env = dict(os.environ)
-    env.pop("OMP_NUM_THREADS", None)
+    env = {k: v for k, v in os.environ.items()          # mpiexec ranks: share_cores_between_ranks decides
+           if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", config, "--steps", str(steps)]
     cmd += ["--zero1"] if zero1 else []
     if procs > 1:
@@ -131,15 +131,19 @@ def main():
     if a.allreduce_worker:
         return allreduce_worker(a.allreduce_worker, a.steps)
     cores = os.cpu_count()
-    print(f"{cores} cores; each row: median of the timed steps\n")
+    print(f"{cores} cores; each row: median of the timed steps; N x T = N processes of T threads\n")
     print("| config | params | processes x threads | tokens/s | step ms | all-reduce ms | all-reduce share "
           "| MB/step | AdamW MB/rank | peak RSS MB/rank |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for config in a.configs.split(","):
         steps = min(a.steps, 3) if config == "gpt2" else a.steps
         for n in (int(v) for v in a.procs.split(",")):
-            for zero1 in ([False, True] if a.zero1 and n > 1 else [False]):
-                row = run(config, n, steps, threads=cores, zero1=zero1)
+            # one process: with every core's thread, and (the per-core baseline) with one thread
+            for zero1, threads in ([(False, cores), (False, 1)] if n == 1 else
+                                   [(False, None), (True, None)] if a.zero1 else [(False, None)]):
+                if n == 1 and threads == 1 and cores == 1:
+                    continue
+                row = run(config, n, steps, threads=threads, zero1=zero1)
                 print(f"| {config} | {row['params'] / 1e6:.2f}M | {n} x {row['threads']}{' ZeRO-1' if zero1 else ''} "
                       f"| {row['tokens_per_s']:,.0f} | {row['step_s'] * 1e3:.1f} | {row['allreduce_s'] * 1e3:.1f} | "
                       f"{row['allreduce_s'] / row['step_s']:.1%} | {row['mb_per_step']:.1f} | "

@@ -184,9 +184,11 @@ class ZeroAdamW:
         self.starts = [sum(self.counts[:r]) for r in range(N)]
         lo, hi = self.starts[world.rank], self.starts[world.rank] + self.counts[world.rank]
         # AdamW steps any object with flat_params, flat_grads and n_decay: give it this rank's slice
-        # (the decayed tensors come first in the buffer, so the slice's decayed part is a prefix too)
+        # (the decayed tensors come first in the buffer, so the slice's decayed part is a prefix too).
+        # The in-place reduce-scatter leaves the slice's summed gradients at the *start* of
+        # model.flat_grads, so that is where the slice's gradient view points: no extra buffer.
         self.shard = SimpleNamespace(flat_params=model.flat_params[lo:hi],
-                                     flat_grads=model.flat_grads[lo:hi].copy(),
+                                     flat_grads=model.flat_grads[:hi - lo],
                                      n_decay=min(max(model.n_decay - lo, 0), hi - lo))
         self.adamw = AdamW(self.shard, **adamw_kwargs)
         self.lo, self.hi, self._gathered = lo, hi, None
@@ -204,7 +206,7 @@ class ZeroAdamW:
         Call after backward() instead of all-reducing; returns the gradient norm before clipping."""
         from mpi4py import MPI
         g, comm = self.shard.flat_grads, self.world.comm
-        comm.Reduce_scatter(self.model.flat_grads, g, self.counts, op=MPI.SUM)
+        comm.Reduce_scatter(MPI.IN_PLACE, self.model.flat_grads, self.counts, op=MPI.SUM)   # -> g
         norm = float(self.world.sum_floats(float(g @ g))[0]) ** 0.5
         g *= min(max_norm / (norm + 1e-6), 1.0)                        # clip_grad_norm's formula
         self.adamw.step()

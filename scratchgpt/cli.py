@@ -14,7 +14,7 @@ import math
 import os
 import sys
 
-from scratchgpt import backend
+from scratchgpt import backend, distributed
 from scratchgpt.command import USER_ERRORS, run  # noqa: F401  (run: also cli.run)
 
 
@@ -68,6 +68,8 @@ def cmd_train(a):
         res = train(cfg, resume=a.resume, progress=not a.no_progress)
     except TrainingInterrupted:
         return 130
+    if distributed.world().rank != 0:          # under mpiexec, rank 0 speaks for the run
+        return 0
     print(f"done: {res['iter']} iterations, val loss {res['val_loss']:.4f}; run folder {res['out_dir']}")
     print(f"sample more with: scratchgpt sample --out-dir {res['out_dir']}")
     return 0

@@ -4,6 +4,7 @@ Shared by `scratchgpt` (cli.py) and the modules that also run on their own
 (`python -m scratchgpt.chat`, `python -m scratchgpt.finetune`), so none of them imports another.
 """
 import sys
+import time
 import traceback
 
 from scratchgpt import distributed
@@ -34,6 +35,10 @@ def _fail(message, code):
         world = distributed.world()
     except RuntimeError:                 # under mpiexec without mpi4py: nothing to end
         world = distributed.World()
+    if world.rank != 0:
+        # most errors (a missing file, a bad flag) strike every rank at once: rank 0's report
+        # and abort then end this process during the pause, so the line shows only once
+        time.sleep(2)
     print(message if world.rank == 0 else f"{message} (rank {world.rank})", file=sys.stderr)
     world.abort(code)
     return code

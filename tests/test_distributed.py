@@ -129,6 +129,12 @@ def test_a_batch_that_does_not_split_over_the_processes_is_a_clear_error(folder)
     assert p.stderr.count("--batch-size 5 does not split over 2 processes: use a multiple of 2") == 1
 
 
+def test_an_error_every_rank_hits_is_reported_once(folder):
+    p = train(folder, "--resume", "--out-dir", "nothing-here", n=2, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.count("error: no checkpoint at nothing-here/ckpt_latest.npz") == 1, p.stderr
+
+
 def children(pid):
     """Every process below pid (read from /proc)."""
     kids = {}

@@ -123,6 +123,28 @@ def test_a_resumed_mpiexec_run_equals_an_uninterrupted_one(folder, zero1):
     assert other.returncode == 2 and "resume it with mpiexec -n 2" in other.stderr
 
 
+SAME_WEIGHTS = """
+import hashlib
+from scratchgpt import distributed
+from scratchgpt.train import TrainConfig, train
+cfg = TrainConfig(text_file="tiny.txt", n_layers=2, n_heads=2, emb_dim=16, context_length=16, batch_size=6,
+                  max_iters=10, eval_interval=10, eval_iters=2, sample_tokens=5, out_dir="same", drop_rate=0.1)
+res = train(cfg, progress=False, log=lambda *a: None)
+digests = distributed.world().gather(hashlib.sha256(res["model"].flat_params.tobytes()).hexdigest())
+if digests:
+    print(len(set(digests)), "distinct of", len(digests))
+"""
+
+
+def test_every_rank_ends_with_bit_identical_weights_also_for_three(folder):
+    # nothing re-sends the weights: the ranks stay equal only if every one gets the same sums
+    p = subprocess.run([MPIEXEC, "-n", "3", sys.executable, "-c", SAME_WEIGHTS], cwd=folder,
+                       env=env_for(folder), capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["1", "distinct", "of", "3"]
+
+
 def test_a_batch_that_does_not_split_over_the_processes_is_a_clear_error(folder):
     p = train(folder, "--max-iters", "2", "--batch-size", "5", "--out-dir", "odd", n=2, timeout=60)
     assert p.returncode == 2

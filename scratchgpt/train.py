@@ -206,7 +206,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
         opt = _make_optimizer(model, cfg, world)
         opt.load_state_dict(ck.optimizer_state)
         try:
-            model.rng.load_state_dict(_dropout_state(state, world, cfg, latest))
+            model.rng.load_state_dict(state["dropout_rng"])
         except ValueError:           # an older checkpoint: only matters if dropout is on
             if cfg.drop_rate > 0:
                 raise ValueError(f"{latest} stores the old dropout generator, so its dropout masks "
@@ -228,29 +228,29 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
             cfg = dataclasses.replace(cfg, **{k: getattr(model.cfg, k) for k in
                                               ("n_layers", "n_heads", "emb_dim", "context_length")})
             model.cfg.drop_rate = cfg.drop_rate
-            model.rng = DropoutRNG(_dropout_seed(cfg.seed + 1, world))
+            model.rng = DropoutRNG(cfg.seed + 1)
             corpus = world.rank0_first(lambda: load_corpus(cfg, tokenizer))
             log(f"initialised from {cfg.init_from} (iteration {src.train_state['iter'] if src.train_state else '?'})")
         else:
             corpus = world.rank0_first(lambda: load_corpus(cfg, tokenizer))
             tokenizer = corpus.tokenizer
             model = GPTModel(cfg.model_config(tokenizer.vocab_size), seed=cfg.seed, dtype=cfg.dtype)
-            model.rng = DropoutRNG(_dropout_seed(cfg.seed + 1, world))
         opt = _make_optimizer(model, cfg, world)
         sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.context_length, cfg.seed)
         elapsed0 = 0.0
+    if world.size > 1:                     # each rank draws its rows of one process's dropout masks
+        model.rng = distributed.RowsDropoutRNG(model.rng, world)
     log(f"model: {model.num_parameters():,} parameters; data: {len(corpus.train):,} train / "
         f"{len(corpus.val):,} val tokens, vocabulary {tokenizer.vocab_size}")
     prompt = _sample_prompt(cfg, tokenizer, corpus)
 
     def train_state(it, elapsed):
-        # every rank calls this (each has its own dropout generator, gathered to rank 0)
-        rngs = world.gather(model.rng.state_dict())
+        # every rank calls this (ZeRO-1 gathers the optimizer's slices to rank 0 here)
         if isinstance(opt, distributed.ZeroAdamW):
             opt.gather_state()                 # the AdamW slices, to rank 0 for the checkpoint
         return {"iter": it, "elapsed_s": elapsed, "sampler": sampler.state_dict(),
                 "dropout_rng": model.rng.state_dict(), "train_config": dataclasses.asdict(cfg),
-                "world_size": world.size, **({"dropout_rng_ranks": rngs} if world.size > 1 else {})}
+                "world_size": world.size}
 
     bar = None
     if progress:
@@ -341,26 +341,6 @@ def _clear_old_run(cfg, latest, log):
     for name in os.listdir(os.path.join(cfg.out_dir, "checkpoints")):
         if name.startswith("iter_") and name.endswith(".npz"):
             os.remove(os.path.join(cfg.out_dir, "checkpoints", name))
-
-
-def _dropout_seed(seed, world):
-    """Each rank draws its dropout masks from a generator of its own (the same seed everywhere
-    would give every rank's rows the same masks); a single process keeps `seed`."""
-    if world.size == 1:
-        return seed
-    return int(numpy.random.SeedSequence([seed, world.rank]).generate_state(1)[0])
-
-
-def _dropout_state(state, world, cfg, path):
-    """The dropout generator's state for this rank from a resumed checkpoint."""
-    saved_size = state.get("world_size", 1)
-    if saved_size == world.size:
-        return state["dropout_rng_ranks"][world.rank] if world.size > 1 else state["dropout_rng"]
-    if cfg.drop_rate > 0:
-        raise ValueError(f"{path} was trained with dropout by {saved_size} process(es) and this run has "
-                         f"{world.size}: resume it with mpiexec -n {saved_size} (each process has its "
-                         f"own dropout generator)")
-    return DropoutRNG(_dropout_seed(cfg.seed + 1, world)).state_dict()      # never drawn from
 
 
 class _StopFlag:

@@ -6,6 +6,7 @@ installs it, so there these tests run. Elsewhere they skip with the reason.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,7 +75,9 @@ def assert_same_run(a, b, tol):
 @pytest.mark.parametrize("dtype,tol,zero1", [("float64", 1e-9, False), ("float32", 1e-4, False),
                                              ("float64", 1e-9, True)])
 def test_two_processes_follow_one_process_at_the_same_global_batch(folder, dtype, tol, zero1):
-    args = ["--max-iters", "12", "--eval-interval", "6", "--grad-accum", "2", "--dtype", dtype]
+    # dropout on: each rank draws its rows of the masks one process draws for the whole batch
+    args = ["--max-iters", "12", "--eval-interval", "6", "--grad-accum", "2", "--drop-rate", "0.1",
+            "--dtype", dtype]
     one = train(folder, *args, "--out-dir", "one")
     two = train(folder, *args, "--out-dir", "two", *(["--zero1"] if zero1 else []), n=2)
     assert one.returncode == 0, one.stderr
@@ -92,7 +95,7 @@ def test_two_processes_follow_one_process_at_the_same_global_batch(folder, dtype
 
 @pytest.mark.parametrize("zero1", [False, True])
 def test_a_resumed_mpiexec_run_equals_an_uninterrupted_one(folder, zero1):
-    # dropout on, so each rank's own dropout generator must come back from the checkpoint
+    # dropout on, so the dropout generator must come back from the checkpoint
     args = ["--max-iters", "12", "--eval-interval", "5", "--drop-rate", "0.1", "--dtype", "float64",
             *(["--zero1"] if zero1 else [])]
     full = train(folder, *args, "--out-dir", "full", n=2)
@@ -114,13 +117,15 @@ def test_a_resumed_mpiexec_run_equals_an_uninterrupted_one(folder, zero1):
                        text=True, stdin=subprocess.DEVNULL, timeout=120)
     assert p.returncode == 0, p.stderr
     state = checkpoint.load(str(folder / "part" / "ckpt_latest.npz")).train_state
-    assert state["iter"] == 7 and state["world_size"] == 2 and len(state["dropout_rng_ranks"]) == 2
+    assert state["iter"] == 7 and state["world_size"] == 2
+    shutil.copytree(folder / "part", folder / "part-one")
     resumed = train(folder, *args, "--out-dir", "part", "--resume", n=2)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(folder / "part", folder / "full", 0.0)          # bit-exact
-    # a different number of processes cannot continue the dropout streams
-    other = train(folder, *args, "--out-dir", "part", "--resume")
-    assert other.returncode == 2 and "resume it with mpiexec -n 2" in other.stderr
+    # one process can take over the run too (same batches, same dropout masks)
+    one = train(folder, *args, "--out-dir", "part-one", "--resume")
+    assert one.returncode == 0, one.stderr
+    assert_same_run(folder / "part-one", folder / "full", 1e-9)
 
 
 SAME_WEIGHTS = """
@@ -130,7 +135,7 @@ from scratchgpt.train import TrainConfig, train
 cfg = TrainConfig(text_file="tiny.txt", n_layers=2, n_heads=2, emb_dim=16, context_length=16, batch_size=6,
                   max_iters=10, eval_interval=10, eval_iters=2, sample_tokens=5, out_dir="same", drop_rate=0.1)
 res = train(cfg, progress=False, log=lambda *a: None)
-digests = distributed.world().gather(hashlib.sha256(res["model"].flat_params.tobytes()).hexdigest())
+digests = distributed.world().comm.gather(hashlib.sha256(res["model"].flat_params.tobytes()).hexdigest())
 if digests:
     print(len(set(digests)), "distinct of", len(digests))
 """

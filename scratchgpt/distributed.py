@@ -17,7 +17,6 @@ there are several ranks. NumPy arrays go through MPI's Allreduce; CuPy arrays (-
 through NCCL, whose communicator is set up over MPI as llm.c does (rank 0 makes the unique id,
 MPI broadcasts it).
 """
-import json
 import os
 import sys
 
@@ -115,22 +114,6 @@ class World:
         self.sum_(buf)
         return buf.tolist()
 
-    def gather(self, obj):
-        """The list of every rank's obj (anything JSON can hold) on rank 0, None on the others.
-        Sent as JSON text, not through mpi4py's pickling gather: no pickle anywhere."""
-        if self.size == 1:
-            return [obj]
-        import numpy
-        data = numpy.frombuffer(json.dumps(obj).encode("utf-8"), dtype=numpy.uint8)
-        sizes = numpy.zeros(self.size, dtype=numpy.int64)
-        self.comm.Gather(numpy.array([data.size], dtype=numpy.int64), sizes, root=0)
-        buf = numpy.empty(int(sizes.sum()), dtype=numpy.uint8) if self.rank == 0 else None
-        starts = numpy.concatenate([[0], numpy.cumsum(sizes)[:-1]])
-        self.comm.Gatherv(data, [buf, sizes, starts, _mpi_type(buf)] if self.rank == 0 else None, root=0)
-        if self.rank != 0:
-            return None
-        return [json.loads(buf[a:a + n].tobytes()) for a, n in zip(starts, sizes)]
-
     def rank0_first(self, fn):
         """fn() on rank 0, then on the others: e.g. a corpus cache written once, then read."""
         if self.rank == 0:
@@ -165,6 +148,38 @@ class World:
         self._nccl.allReduce(x.data.ptr, x.data.ptr, x.size, dtype, nccl.NCCL_SUM,
                              cupy.cuda.get_current_stream().ptr)
         return x
+
+
+class RowsDropoutRNG:
+    """The model's dropout generator as this rank sees it: every draw is this rank's rows of the
+    draw one process makes for the whole batch, so dropout is the same as in one process.
+
+    scratchgpt/rng.py's generator is counter-based: element i of draw n is a function of
+    (seed, n, i) alone. A draw's leading axis is the batch (dropout acts on (B, T, C) and
+    (B, H, T, T) arrays), so rank r's rows of a draw of the whole batch are the elements
+    r * n ... (r + 1) * n - 1, n being the size of the rank's own draw. Every rank makes the
+    same draws, so the state (seed, draws) is the same everywhere and any N can resume it.
+    """
+
+    def __init__(self, rng, world):
+        self.rng, self.world = rng, world              # rng: a scratchgpt.rng.DropoutRNG
+
+    def random(self, shape, dtype="float64"):
+        import numpy
+
+        from scratchgpt import backend
+        from scratchgpt.rng import draw_key, uniform
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        key = draw_key(self.rng.seed, self.rng.draws)
+        self.rng.draws += 1
+        n = int(numpy.prod(shape))                     # this rank's rows; the batch has size x n
+        return uniform(backend.xp, key, shape, numpy.dtype(dtype), start=self.world.rank * n)
+
+    def state_dict(self):
+        return self.rng.state_dict()
+
+    def load_state_dict(self, state):
+        self.rng.load_state_dict(state)
 
 
 class ZeroAdamW:

@@ -4,7 +4,11 @@
     model = sg.GPTModel(sg.GPTConfig(vocab_size=65, context_length=64, emb_dim=128,
                                      n_heads=4, n_layers=4))
 """
-from scratchgpt import backend
+from scratchgpt.distributed import share_cores_between_ranks
+
+share_cores_between_ranks()      # under mpiexec: before NumPy starts its threads
+
+from scratchgpt import backend  # noqa: E402
 from scratchgpt.gpt2 import load_gpt2, save_gpt2
 from scratchgpt.model import (GELU, FeedForward, GPTConfig, GPTModel, LayerNorm,
                               MultiHeadAttention, TransformerBlock)

@@ -6,6 +6,7 @@
 
 Errors a user can fix (a missing corpus package, an unknown character, a checkpoint that
 does not match) print one line on stderr and exit with status 2, without a traceback.
+Under mpiexec (`mpiexec -n 2 scratchgpt train ...`) a rank that fails ends every rank.
 """
 import argparse
 import json
@@ -13,7 +14,7 @@ import math
 import os
 import sys
 
-from scratchgpt import backend
+from scratchgpt import backend, distributed
 from scratchgpt.command import USER_ERRORS, run  # noqa: F401  (run: also cli.run)
 
 
@@ -39,6 +40,8 @@ def _train_parser(sub):
     p.add_argument("--backend", default=backend.name, choices=["numpy", "cupy"])
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
     _precision_argument(p)
+    p.add_argument("--zero1", action="store_true",
+                   help="under mpiexec: each process keeps only its share of AdamW's state (ZeRO-1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     return p
@@ -60,11 +63,13 @@ def cmd_train(a):
                       milestones=milestones, gamma=a.gamma, grad_clip=a.grad_clip, grad_accum=a.grad_accum,
                       eval_interval=a.eval_interval, eval_iters=a.eval_iters, sample_prompt=a.sample_prompt,
                       sample_tokens=a.sample_tokens, seed=a.seed, out_dir=out_dir, init_from=a.init_from,
-                      backend=a.backend, dtype=a.dtype, precision=a.precision)
+                      backend=a.backend, dtype=a.dtype, precision=a.precision, zero1=a.zero1)
     try:
         res = train(cfg, resume=a.resume, progress=not a.no_progress)
     except TrainingInterrupted:
         return 130
+    if distributed.world().rank != 0:          # under mpiexec, rank 0 speaks for the run
+        return 0
     print(f"done: {res['iter']} iterations, val loss {res['val_loss']:.4f}; run folder {res['out_dir']}")
     print(f"sample more with: scratchgpt sample --out-dir {res['out_dir']}")
     return 0

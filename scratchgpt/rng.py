@@ -42,15 +42,16 @@ def draw_key(seed, draw):
     return mix64(mix64(seed * GOLDEN + 1) + draw * GOLDEN)
 
 
-def uniform(xp, key, shape, dtype):
+def uniform(xp, key, shape, dtype, start=0):
     """Uniform numbers in [0, 1) of `shape` from `key`, in array code (xp: numpy or cupy).
+    `start` skips that many elements of the draw (a data-parallel rank takes its rows' part).
 
     uint64 arithmetic wraps modulo 2^64 on both libraries, so the bits are identical."""
     u64 = xp.uint64
     n = 1
     for s in shape:
         n *= s
-    z = xp.arange(1, n + 1, dtype=u64)                    # the element counters i + 1
+    z = xp.arange(start + 1, start + n + 1, dtype=u64)    # the element counters i + 1
     z *= u64(GOLDEN)
     z += u64(key)
     z ^= z >> u64(30)

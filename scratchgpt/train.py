@@ -10,6 +10,10 @@ Every `eval_interval` iterations (and at the end) it writes into `out_dir`:
 `--resume` continues from ckpt_latest.npz bit-exactly: the batches, dropout masks and
 learning rates are the ones an uninterrupted run would have used. Ctrl-C saves
 ckpt_latest.npz before leaving, so an interrupted run resumes where it stopped.
+
+Under `mpiexec -n N` the same loop trains data-parallel (scratchgpt/distributed.py): each
+process computes its rows of every batch, one all-reduce per step sums the gradients, and
+rank 0 alone writes the run folder.
 """
 import dataclasses
 import json
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from scratchgpt import backend, checkpoint, precision
+from scratchgpt import backend, checkpoint, distributed, precision
 from scratchgpt.data import BatchSampler, get_batch, prepare_corpus
 from scratchgpt.generate import generate_text
 from scratchgpt.model import GPTConfig, GPTModel
@@ -59,6 +63,7 @@ class TrainConfig:
     gamma: float = 0.1
     grad_clip: float = 1.0
     grad_accum: int = 1
+    zero1: bool = False                      # under mpiexec: shard AdamW's moments over the ranks
     # evaluation, samples, bookkeeping
     eval_interval: int = 250
     eval_iters: int = 20
@@ -119,19 +124,29 @@ def load_corpus(cfg, tokenizer=None):
     return prepare_corpus(None if cfg.text_file else cfg.dataset, text_file=cfg.text_file, tokenizer=tokenizer)
 
 
-def estimate_loss(model, corpus, cfg, it):
+def estimate_loss(model, corpus, cfg, it, world=None):
     """Mean loss over eval_iters batches of each split, drawn from a generator seeded by
-    (seed, it): every evaluation is reproducible and leaves the training batches untouched."""
+    (seed, it): every evaluation is reproducible and leaves the training batches untouched.
+    With several processes each one scores its rows of every batch, and the sum is the mean."""
+    world = world or distributed.world()
     model.eval()
-    out = {}
+    means = []
     for k, split in enumerate(("train", "val")):
         data = getattr(corpus, split)
         rng = numpy.random.default_rng([cfg.seed, it, k])
-        losses = [model.loss(*get_batch(data, cfg.batch_size, cfg.context_length, rng))
+        losses = [_my_loss(model, world, *get_batch(data, cfg.batch_size, cfg.context_length, rng))
                   for _ in range(cfg.eval_iters)]
-        out[split] = float(numpy.mean(losses))
+        means.append(float(numpy.mean(losses)))
     model.train()
-    return out
+    train_loss, val_loss = world.sum_floats(*means)
+    return {"train": train_loss, "val": val_loss}
+
+
+def _my_loss(model, world, x, y):
+    """This rank's part of the batch's mean loss: its rows' mean, times its share of the targets
+    (the whole loss in a single process)."""
+    share = world.share(y)
+    return share * model.loss(world.rows(x), world.rows(y)) if share else 0.0
 
 
 def _truncate_logs(out_dir, start_iter):
@@ -166,9 +181,17 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
     vocabulary shared by several corpora, so every model can score every corpus).
     stop_after: stop as an interruption would after that many iterations (tests use it).
     """
+    world = distributed.world()            # one process, or this rank of an mpiexec job
+    world.check_batch_size(cfg.batch_size)
+    if cfg.backend == "cupy":
+        world.use_gpu()                    # GPU local_rank, before CuPy touches a device
     backend.use(cfg.backend)
     precision.use(cfg.precision, cfg.backend)
-    os.makedirs(os.path.join(cfg.out_dir, "checkpoints"), exist_ok=True)
+    main = world.rank == 0                 # rank 0 alone writes the run folder and logs
+    if not main:
+        log, progress = _quiet, False
+    if main:
+        os.makedirs(os.path.join(cfg.out_dir, "checkpoints"), exist_ok=True)
     latest = os.path.join(cfg.out_dir, LATEST)
     start_iter = 0
     if resume:
@@ -179,8 +202,8 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
                                "precision": cfg.precision})
         cfg = saved
         model, tokenizer = ck.model, ck.tokenizer
-        corpus = load_corpus(cfg, tokenizer)
-        opt = _make_optimizer(model, cfg)
+        corpus = world.rank0_first(lambda: load_corpus(cfg, tokenizer))
+        opt = _make_optimizer(model, cfg, world)
         opt.load_state_dict(ck.optimizer_state)
         try:
             model.rng.load_state_dict(state["dropout_rng"])
@@ -192,17 +215,12 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
         sampler.load_state_dict(state["sampler"])
         start_iter = state["iter"]
         elapsed0 = state["elapsed_s"]
-        _truncate_logs(cfg.out_dir, start_iter)
+        if main:
+            _truncate_logs(cfg.out_dir, start_iter)
         log(f"resuming {cfg.out_dir} at iteration {start_iter}")
     else:
-        if os.path.exists(latest) and cfg.init_from is None:
-            log(f"note: {cfg.out_dir} already holds a run; starting over (use --resume to continue it)")
-        for name in ("metrics.jsonl", "samples.txt"):       # a fresh run: no logs of an old one
-            if os.path.exists(os.path.join(cfg.out_dir, name)):
-                os.remove(os.path.join(cfg.out_dir, name))
-        for name in os.listdir(os.path.join(cfg.out_dir, "checkpoints")):
-            if name.startswith("iter_") and name.endswith(".npz"):
-                os.remove(os.path.join(cfg.out_dir, "checkpoints", name))
+        if main:
+            _clear_old_run(cfg, latest, log)
         if cfg.init_from:
             src = checkpoint.load(os.path.join(cfg.init_from, LATEST), dtype=cfg.dtype)
             model, tokenizer = src.model, src.tokenizer
@@ -214,22 +232,28 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
                                            src.model.extensions, dtype=cfg.dtype)
             model.load_state_dict(src.model.state_dict())
             model.rng = DropoutRNG(cfg.seed + 1)
-            corpus = load_corpus(cfg, tokenizer)
+            corpus = world.rank0_first(lambda: load_corpus(cfg, tokenizer))
             log(f"initialised from {cfg.init_from} (iteration {src.train_state['iter'] if src.train_state else '?'})")
         else:
-            corpus = load_corpus(cfg, tokenizer)
+            corpus = world.rank0_first(lambda: load_corpus(cfg, tokenizer))
             tokenizer = corpus.tokenizer
             model = GPTModel(cfg.model_config(tokenizer.vocab_size), seed=cfg.seed, dtype=cfg.dtype)
-        opt = _make_optimizer(model, cfg)
+        opt = _make_optimizer(model, cfg, world)
         sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.context_length, cfg.seed)
         elapsed0 = 0.0
+    if world.size > 1:                     # each rank draws its rows of one process's dropout masks
+        model.rng = distributed.RowsDropoutRNG(model.rng, world)
     log(f"model: {model.num_parameters():,} parameters; data: {len(corpus.train):,} train / "
         f"{len(corpus.val):,} val tokens, vocabulary {tokenizer.vocab_size}")
     prompt = _sample_prompt(cfg, tokenizer, corpus)
 
     def train_state(it, elapsed):
+        # every rank calls this (ZeRO-1 gathers the optimizer's slices to rank 0 here)
+        if isinstance(opt, distributed.ZeroAdamW):
+            opt.gather_state()                 # the AdamW slices, to rank 0 for the checkpoint
         return {"iter": it, "elapsed_s": elapsed, "sampler": sampler.state_dict(),
-                "dropout_rng": model.rng.state_dict(), "train_config": dataclasses.asdict(cfg)}
+                "dropout_rng": model.rng.state_dict(), "train_config": dataclasses.asdict(cfg),
+                "world_size": world.size}
 
     bar = None
     if progress:
@@ -239,34 +263,41 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
     tokens_per_iter = cfg.batch_size * cfg.context_length * cfg.grad_accum
     tok_rate, last_norm = 0.0, None
     it = start_iter
-    stop = _StopFlag()
+    stop = _StopFlag(announce=main)
+    stopping = False                   # Ctrl-C as agreed by all ranks (stop.requested is this rank's)
     try:
         while True:
             lr = cfg.lr_at(it)
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
-                losses = estimate_loss(model, corpus, cfg, it)
-                text = generate_text(model, tokenizer, prompt, cfg.sample_tokens, temperature=0.8,
-                                     top_k=None, seed=cfg.seed)[0]
+                losses = estimate_loss(model, corpus, cfg, it, world)
                 elapsed = time.perf_counter() - t0
-                row = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
-                       "elapsed_s": round(elapsed, 3), "tokens_per_s": round(tok_rate, 1),
-                       "tokens_seen": it * tokens_per_iter,
-                       "grad_norm": None if last_norm is None else round(float(last_norm), 6)}
-                with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                with open(os.path.join(cfg.out_dir, "samples.txt"), "a", encoding="utf-8") as f:
-                    f.write(f"=== iter {it} (val loss {losses['val']:.4f}) ===\n{text}\n\n")
-                checkpoint.save(os.path.join(cfg.out_dir, "checkpoints", f"iter_{it:06d}.npz"), model,
-                                tokenizer, train_state={"iter": it, "val_loss": losses["val"]})
-                checkpoint.save(latest, model, tokenizer, opt, train_state(it, elapsed))
-                msg = f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, lr {lr:.2e}"
-                (bar.write if bar is not None and not bar.disable else log)(msg + "\n" + text.strip()[:300] + "\n")
+                state = train_state(it, elapsed)            # every rank takes part
+                if main:
+                    text = generate_text(model, tokenizer, prompt, cfg.sample_tokens, temperature=0.8,
+                                         top_k=None, seed=cfg.seed)[0]
+                    row = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
+                           "elapsed_s": round(elapsed, 3), "tokens_per_s": round(tok_rate, 1),
+                           "tokens_seen": it * tokens_per_iter,
+                           "grad_norm": None if last_norm is None else round(float(last_norm), 6),
+                           "world_size": world.size}
+                    with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    with open(os.path.join(cfg.out_dir, "samples.txt"), "a", encoding="utf-8") as f:
+                        f.write(f"=== iter {it} (val loss {losses['val']:.4f}) ===\n{text}\n\n")
+                    checkpoint.save(os.path.join(cfg.out_dir, "checkpoints", f"iter_{it:06d}.npz"), model,
+                                    tokenizer, train_state={"iter": it, "val_loss": losses["val"]})
+                    checkpoint.save(latest, model, tokenizer, opt, state)
+                    msg = f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, lr {lr:.2e}"
+                    (bar.write if bar is not None and not bar.disable else log)(msg + "\n" + text.strip()[:300] + "\n")
             if it >= cfg.max_iters:
                 break
-            if stop.requested or (stop_after is not None and it >= stop_after):
+            if stopping or (stop_after is not None and it >= stop_after):
                 raise _CleanStop
             ts = time.perf_counter()
-            loss = _step(model, opt, sampler, cfg, lr)
+            loss = _step(model, opt, sampler, cfg, lr, world)
+            # one small all-reduce: every rank sees the same loss and the same stop decision
+            loss, stops = world.sum_floats(loss, stop.requested)
+            stopping = stops > 0
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"the training loss became {loss} at iteration {it} (lr {lr:.2e}); nothing was saved "
@@ -278,11 +309,14 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_rate:,.0f}", refresh=False)
                 bar.update(1)
     except _CleanStop:
-        checkpoint.save(latest, model, tokenizer, opt, train_state(it, time.perf_counter() - t0))
+        state = train_state(it, time.perf_counter() - t0)
+        if main:
+            checkpoint.save(latest, model, tokenizer, opt, state)
         if bar is not None:
             bar.close()
-        log(f"interrupted at iteration {it}; saved {latest}. Continue with: scratchgpt train --out-dir "
-            f"{cfg.out_dir} --resume")
+        launcher = f"mpiexec -n {world.size} " if world.size > 1 else ""
+        log(f"interrupted at iteration {it}; saved {latest}. Continue with: {launcher}scratchgpt train "
+            f"--out-dir {cfg.out_dir} --resume")
         raise TrainingInterrupted(it) from None
     finally:
         stop.restore()
@@ -296,12 +330,29 @@ class _CleanStop(Exception):
     pass
 
 
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _clear_old_run(cfg, latest, log):
+    """A fresh run in a used folder: remove the old run's logs and kept checkpoints."""
+    if os.path.exists(latest) and cfg.init_from is None:
+        log(f"note: {cfg.out_dir} already holds a run; starting over (use --resume to continue it)")
+    for name in ("metrics.jsonl", "samples.txt"):
+        if os.path.exists(os.path.join(cfg.out_dir, name)):
+            os.remove(os.path.join(cfg.out_dir, name))
+    for name in os.listdir(os.path.join(cfg.out_dir, "checkpoints")):
+        if name.startswith("iter_") and name.endswith(".npz"):
+            os.remove(os.path.join(cfg.out_dir, "checkpoints", name))
+
+
 class _StopFlag:
     """The first Ctrl-C asks the loop to stop after the current step (so the parameters are
     never saved half-updated); a second one interrupts at once."""
 
-    def __init__(self):
+    def __init__(self, announce=True):
         self.requested = False
+        self.announce = announce
         self._old = None
         if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handle)
@@ -310,28 +361,51 @@ class _StopFlag:
         if self.requested:
             raise KeyboardInterrupt          # leaves ckpt_latest.npz as it was
         self.requested = True
-        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)")
+        if self.announce:
+            print("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)")
 
     def restore(self):
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
 
 
-def _make_optimizer(model, cfg):
-    return AdamW(model, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+def _make_optimizer(model, cfg, world=None):
+    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    world = world or distributed.world()
+    if cfg.zero1 and world.size > 1:
+        return distributed.ZeroAdamW(model, world, **kw)
+    return AdamW(model, **kw)
 
 
-def _step(model, opt, sampler, cfg, lr):
-    """One optimisation step: grad_accum micro-batches, averaged; clip; AdamW. Returns the mean loss."""
+def _step(model, opt, sampler, cfg, lr, world=None):
+    """One optimisation step: grad_accum micro-batches, averaged; clip; AdamW. Returns the mean loss
+    (with several processes, this rank's part of it: the sum over the ranks is the mean loss).
+
+    Data parallel: each rank runs its rows of every micro-batch, weighted by its share of the
+    micro-batch's targets (world.share); one all-reduce then sums the weighted gradients into
+    the gradient of the whole batch's mean loss, the one a single process computes.
+    """
+    world = world or distributed.world()
     model.zero_grad()
-    total = 0.0
+    total, last_share = 0.0, None
     for _ in range(cfg.grad_accum):
-        x, y = sampler.next()
-        total += model.loss(x, y)
+        x, y = sampler.next()                          # the global batch, the same on every rank
+        share = world.share(y)
+        if share == 0:                                 # all my targets ignored: nothing to add
+            continue
+        if last_share is not None and share != last_share:
+            model.flat_grads *= last_share / share     # keeps flat_grads = sum_k (share_k / share) g_k
+        total += share * model.loss(world.rows(x), world.rows(y))
         model.backward()
-    if cfg.grad_accum > 1:
-        model.flat_grads *= 1.0 / cfg.grad_accum
-    opt.last_grad_norm = clip_grad_norm(model, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        last_share = share
+    if last_share is not None and (cfg.grad_accum > 1 or last_share != 1.0):
+        model.flat_grads *= last_share / cfg.grad_accum
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     opt.lr = lr
+    if isinstance(opt, distributed.ZeroAdamW):         # reduce-scatter, clip, AdamW, all-gather
+        opt.last_grad_norm = opt.step(max_norm)
+        return total / cfg.grad_accum
+    world.sum_(model.flat_grads)                       # the all-reduce (a no-op in one process)
+    opt.last_grad_norm = clip_grad_norm(model, max_norm)
     opt.step()
     return total / cfg.grad_accum

@@ -173,3 +173,15 @@ def test_missing_and_unsupported_are_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "attention_bias": True}))
     with pytest.raises(ValueError, match="attention_bias=True"):
         sg.load_hf(tmp_path)
+
+
+def test_tied_folder_that_also_writes_lm_head_loads_tied(tmp_path):
+    """Some published tied checkpoints store lm_head.weight too; the head is the embedding."""
+    from scratchgpt.gpt2 import read_safetensors, write_safetensors
+    write_hf_model(tmp_path, "qwen3", True, 2, 8)
+    tensors = dict(read_safetensors(tmp_path / "model.safetensors"))
+    assert "lm_head.weight" not in tensors
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].copy()
+    write_safetensors(tmp_path / "model.safetensors", tensors, {"format": "pt"})
+    model = sg.load_hf(tmp_path, dtype="float64")
+    assert "lm_head.weight" not in model.state_dict() and model.cfg.tie_weights

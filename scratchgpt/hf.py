@@ -17,6 +17,7 @@ import numpy as np
 
 from scratchgpt.gpt2 import load_gpt2, read_safetensors
 from scratchgpt.llama import Llama3Config, Llama3Model, Qwen3Config, Qwen3Model
+from scratchgpt.tokenizer import BPETokenizer
 
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
 
@@ -47,6 +48,26 @@ def load_hf(folder, dtype="float32"):
                          f"tie_word_embeddings={cfg.tie_weights}): missing {missing[:5]}, unexpected {extra[:5]}")
     model.load_state_dict({k: np.asarray(v).astype(model.dtype) for k, v in tensors.items()})
     return model
+
+
+def load_hf_tokenizer(folder):
+    """The tokenizer of a Hugging Face folder: its tokenizer.json (Llama 3, Qwen3), or GPT-2's own
+    vocabulary for a GPT-2 folder that has none."""
+    path = Path(folder)
+    if (path / "tokenizer.json").exists():
+        return BPETokenizer.from_tokenizer_json(path / "tokenizer.json")
+    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+    if _architecture(config, path) == "gpt2":
+        return BPETokenizer.gpt2()
+    raise FileNotFoundError(f"{path} has no tokenizer.json (the Llama 3 / Qwen3 folders ship one)")
+
+
+def load_hf_with_tokenizer(folder, dtype="float32"):
+    """(model, tokenizer) for `sample`, `chat` and `eval --hf-dir`; checks they fit each other."""
+    model, tok = load_hf(folder, dtype), load_hf_tokenizer(folder)
+    if tok.vocab_size > model.cfg.vocab_size:
+        raise ValueError(f"{folder}: the tokenizer has {tok.vocab_size} tokens, the model only {model.cfg.vocab_size}")
+    return model, tok
 
 
 def _architecture(config, path):

@@ -291,6 +291,7 @@ class Llama3Model:
         if isinstance(cfg, dict):
             cfg = self.config_class.from_dict(cfg)
         self.cfg, self.seed, self.training = cfg, seed, True
+        self.rng = backend.rng(seed + 1)      # no dropout here; kept so a run's resume state has one
         self.dtype = backend.get_dtype(dtype)
         self.flat_params, self.flat_grads, self.params, self.grad, self.n_decay = \
             flat_buffers(parameter_shapes(cfg), self.dtype)

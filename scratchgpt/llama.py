@@ -278,7 +278,7 @@ class Llama3Model:
                                          n_layers=2, hidden_dim=128, n_kv_groups=2), seed=0)
         logits = model(idx)                    # (B, T) ids -> (B, T, vocab_size)
         loss = model.loss(idx, targets); model.backward()
-        cache = model.new_kv_cache(batch_size) # then model(idx, kv_cache=cache), a chunk at a time
+        cache = model.kv_cache(batch_size) # then model(idx, kv_cache=cache), a chunk at a time
 
     The same interface as GPTModel (flat_params / flat_grads / n_decay for the optimizer,
     state_dict, grads, load_state_dict, zero_grad, train / eval), with no dropout, LoRA or
@@ -318,7 +318,7 @@ class Llama3Model:
         """cos and sin (T, head_dim) for positions start..start+T-1."""
         return self.cos[start:start + T], self.sin[start:start + T]
 
-    def new_kv_cache(self, batch_size):
+    def kv_cache(self, batch_size):
         return KVCache(self, batch_size)
 
     # the same modes, bookkeeping, input checks and loss as GPTModel

@@ -141,12 +141,12 @@ def test_kv_cache_chunks_give_the_full_forward(tmp_path):
     write_hf_model(tmp_path, "qwen3", True, 2, 8)
     model = sg.load_hf(tmp_path, dtype="float64")
     idx = np.random.default_rng(2).integers(0, 61, size=(2, 10))
-    cache = model.new_kv_cache(2)
+    cache = model.kv_cache(2)
     parts = [model(idx[:, :6], kv_cache=cache), model(idx[:, 6:7], kv_cache=cache), model(idx[:, 7:], kv_cache=cache)]
     np.testing.assert_allclose(np.concatenate(parts, axis=1), model(idx), rtol=1e-12, atol=1e-12)
     assert cache.length == 10
     with pytest.raises(RuntimeError, match="without a KV cache"):
-        model(idx, kv_cache=model.new_kv_cache(2))
+        model(idx, kv_cache=model.kv_cache(2))
         model.backward(np.ones((2, 10, 61)))
 
 

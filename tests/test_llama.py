@@ -54,7 +54,7 @@ def test_backward_needs_a_loss_and_refuses_a_cached_forward():
     idx = np.zeros((1, 4), dtype=np.int64)
     with pytest.raises(RuntimeError, match="forward pass"):
         m.backward()
-    m(idx, kv_cache=m.new_kv_cache(1))
+    m(idx, kv_cache=m.kv_cache(1))
     with pytest.raises(RuntimeError, match="without a KV cache"):
         m.backward(np.ones((1, 4, 40)))
     with pytest.raises(ValueError, match="token id 40 is outside the vocabulary"):

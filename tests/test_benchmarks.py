@@ -61,3 +61,29 @@ def test_the_recipe_benchmark_runs_both_sides_on_the_same_batches(tmp_path):
     assert ours["val_loss"] < 4.3                      # ln(65) = 4.17 at the start: it trained
     for r in (ours, torch_):
         assert r["step_s"] > 0 and r["eval_s"] > 0 and r["wall_s"] >= r["step_s"] + r["eval_s"]
+
+
+def test_llama_row_compares_the_same_model_on_both_sides(compare):
+    """torch_llama.TorchLlama with our Llama3Model's weights gives our logits: the llama row times
+    the same math on both sides."""
+    import numpy as np
+    import torch
+    ours, ref = compare.Ours(compare.CONFIGS["llama"]), compare.Torch(compare.CONFIGS["llama"])
+    P = ours.model.params
+    with torch.no_grad():
+        ref.model.emb.weight.copy_(torch.from_numpy(P["model.embed_tokens.weight"]))
+        ref.model.norm.copy_(torch.from_numpy(P["model.norm.weight"]))
+        for i, b in enumerate(ref.model.blocks):
+            h = f"model.layers.{i}."
+            pairs = [(b.norm1, "input_layernorm.weight"), (b.norm2, "post_attention_layernorm.weight"),
+                     (b.q.weight, "self_attn.q_proj.weight"), (b.k.weight, "self_attn.k_proj.weight"),
+                     (b.v.weight, "self_attn.v_proj.weight"), (b.o.weight, "self_attn.o_proj.weight"),
+                     (b.gate.weight, "mlp.gate_proj.weight"), (b.up.weight, "mlp.up_proj.weight"),
+                     (b.down.weight, "mlp.down_proj.weight")]
+            for t, name in pairs:
+                t.copy_(torch.from_numpy(P[h + name]))
+        theirs = ref.model(ref.x[:2]).numpy()
+    np.testing.assert_allclose(ours.model(ours.x[:2]), theirs, rtol=1e-4, atol=1e-4)
+    ours.train_step()
+    ref.train_step()
+    assert ours.generate(3).shape == (1, compare.PROMPT_LEN + 3) == tuple(ref.generate(3).shape)

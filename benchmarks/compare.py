@@ -1,6 +1,6 @@
 """Speed and memory against torch eager, same config, same batch, same threads, same machine.
 
-    python benchmarks/compare.py                          # tiny, small, gpt2; writes BENCHMARKS.md
+    python benchmarks/compare.py                          # tiny, small, gpt2, llama; writes BENCHMARKS.md
     python benchmarks/compare.py --configs tiny --repeats 9
     python benchmarks/compare.py --quick                  # fewer repeats, shorter generation; no file
 
@@ -562,7 +562,7 @@ def thread_env(threads):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="tiny,small,gpt2")
+    ap.add_argument("--configs", default="tiny,small,gpt2,llama")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", default="2",
                     help="thread count for both sides, or a comma-separated list (one table each)")
@@ -683,7 +683,7 @@ def write_report(a, runs):
             L.append(f"| other (residual adds, gradient `+=`, ...; medians do not add up exactly) | "
                      f"{1e3 * other:.2f} | {100 * other / total:.1f}% |")
     L += ["\n## Rerun\n", "```",
-          "python benchmarks/compare.py --threads 2,1             # all three configs, writes this file",
+          "python benchmarks/compare.py --threads 2,1             # all four configs, writes this file",
           "python benchmarks/compare.py --configs tiny --quick     # a quick look, prints only",
           "python benchmarks/compare.py --only train,profile --configs small --quick",
           "SCRATCHGPT_KERNELS=numpy python benchmarks/compare.py --quick   # the reference array code",

@@ -1,6 +1,7 @@
 """Llama3Model / Qwen3Model with the project's machinery: config checks, AdamW, checkpoints,
 `scratchgpt train --arch`, and `sample` / `eval` / `chat --hf-dir` (HF parity is in test_hf.py)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 
 import scratchgpt as sg
 from scratchgpt import checkpoint
+from scratchgpt.llama import parameter_shapes
 from scratchgpt.train import TrainConfig, train
 
 TEXT = ("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
@@ -28,6 +30,9 @@ def test_config_defaults_are_the_books():
     assert (llama.emb_dim, llama.n_heads, llama.n_kv_groups, llama.head_dim, llama.hidden_dim) == (2048, 32, 8, 64, 8192)
     assert llama.rope_scaling["rope_type"] == "llama3" and not llama.qk_norm
     assert (qwen.emb_dim, qwen.head_dim, qwen.n_heads, qwen.qk_norm, qwen.rope_base) == (1024, 128, 16, True, 1e6)
+    # the books' "unique parameters" (tied head): Llama 3.2 1B and Qwen3 0.6B (0.44B without the embedding)
+    count = lambda cfg: sum(math.prod(s) for s in parameter_shapes(cfg).values())
+    assert count(llama) == 1_235_814_400 and count(qwen) == 596_049_920
 
 
 def test_config_errors_name_the_value():

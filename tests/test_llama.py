@@ -154,3 +154,35 @@ def test_cli_sample_eval_chat_with_hf_dir(tmp_path):
     assert p.returncode == 0, p.stderr
     p = cli("sample", "--hf-dir", "missing", cwd=tmp_path)
     assert p.returncode == 2 and "does not exist" in p.stderr
+
+
+# config.json as the published Llama 3.2 1B and Qwen3 0.6B folders write it (transformers 4.x
+# spelling: rope_theta and rope_scaling at the top level)
+LLAMA32_1B_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048,
+    "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": False,
+    "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+    "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 500000.0, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True,
+    "vocab_size": 128256}
+QWEN3_06B_CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024,
+    "initializer_range": 0.02, "intermediate_size": 3072, "max_position_embeddings": 40960,
+    "max_window_layers": 28, "model_type": "qwen3", "num_attention_heads": 16, "num_hidden_layers": 28,
+    "num_key_value_heads": 8, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000,
+    "sliding_window": None, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True,
+    "use_sliding_window": False, "vocab_size": 151936}
+
+
+def test_published_config_json_gives_the_books_configs():
+    from scratchgpt.hf import config_from_hf
+    assert config_from_hf(LLAMA32_1B_CONFIG, "llama") == sg.Llama3Config()
+    assert config_from_hf(QWEN3_06B_CONFIG, "qwen3") == sg.Qwen3Config()
+    with pytest.raises(ValueError, match="use_sliding_window=True"):
+        config_from_hf({**QWEN3_06B_CONFIG, "use_sliding_window": True}, "qwen3")
+    with pytest.raises(ValueError, match="'yarn' is not supported"):
+        config_from_hf({**LLAMA32_1B_CONFIG, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "llama")

@@ -185,3 +185,16 @@ def test_tied_folder_that_also_writes_lm_head_loads_tied(tmp_path):
     write_safetensors(tmp_path / "model.safetensors", tensors, {"format": "pt"})
     model = sg.load_hf(tmp_path, dtype="float64")
     assert "lm_head.weight" not in model.state_dict() and model.cfg.tie_weights
+
+
+def test_load_hf_reads_a_gpt2_folder_too(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=61, n_positions=32, n_embd=24, n_layer=2, n_head=4,
+                                  attn_implementation="sdpa")
+    hf = transformers.GPT2LMHeadModel(cfg).double().eval()
+    hf.save_pretrained(tmp_path)
+    model = sg.load_hf(tmp_path, dtype="float64")
+    assert isinstance(model, sg.GPTModel)
+    idx = np.random.default_rng(3).integers(0, 61, size=(2, 7))
+    with torch.no_grad():
+        assert_close(model(idx), hf(torch.tensor(idx)).logits, np.float64, "logits")

@@ -17,19 +17,15 @@ gradient clipping and checkpoints work unchanged. Names and shapes are Hugging F
 LlamaForCausalLM / Qwen3ForCausalLM exactly: linear weights are (out, in) as nn.Linear keeps
 them (GPT-2's checkpoints are (in, out) because HF GPT-2 uses Conv1D), so a forward is x @ W^T.
 """
-import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
 
 import numpy  # host-side only: the seeded init and the rotary tables
 
 from scratchgpt import backend
-from scratchgpt.model import GPTModel
-from scratchgpt.ops import (cross_entropy_backward, embedding_backward, embedding_forward,
-                            linear_backward, linear_forward)
-from scratchgpt.ops.gqa import grouped_query_attention_backward, grouped_query_attention_forward
-from scratchgpt.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
-from scratchgpt.ops.rope import rope_backward, rope_cos_sin, rope_forward, rope_inv_freq
-from scratchgpt.ops.swiglu import swiglu_backward, swiglu_forward
+from scratchgpt.model import Embedding, GPTModel, Layer, Linear
+from scratchgpt.ops.rope import rope_cos_sin, rope_inv_freq
+from scratchgpt.params import ParamBuffer
 
 
 @dataclass
@@ -119,115 +115,85 @@ def parameter_shapes(cfg):
     return shapes
 
 
-def flat_buffers(shapes, dtype):
-    """One zeroed parameter buffer and one gradient buffer, and {name: view} into each. The >= 2-D
-    tensors come first, so weight decay is the slice [:n_decay] (as in GPTModel)."""
-    xp = backend.xp
-    order = sorted(shapes, key=lambda k: len(shapes[k]) < 2)
-    sizes = {k: math.prod(shapes[k]) for k in shapes}
-    flat_params = xp.zeros(sum(sizes.values()), dtype=dtype)
-    flat_grads = xp.zeros_like(flat_params)
-    params, grads, at = {}, {}, 0
-    for k in order:
-        params[k] = flat_params[at:at + sizes[k]].reshape(shapes[k])
-        grads[k] = flat_grads[at:at + sizes[k]].reshape(shapes[k])
-        at += sizes[k]
-    n_decay = sum(sizes[k] for k in shapes if len(shapes[k]) >= 2)
-    return flat_params, flat_grads, params, grads, n_decay
-
-
 # ---- layers ------------------------------------------------------------------------------
-class Layer:
-    """Views of its parameters and gradients by Hugging Face name, without the prefix."""
-
-    def __init__(self, model, prefix):
-        n = len(prefix)
-        self.p = {k[n:]: v for k, v in model.params.items() if k.startswith(prefix)}
-        self.g = {k[n:]: v for k, v in model.grad.items() if k.startswith(prefix)}
-
-
 class RMSNorm(Layer):
+    """Scale only, no shift: y = x / sqrt(mean(x^2) + eps) * weight (ops/rmsnorm.py)."""
+
     def __init__(self, model, prefix, eps):
         super().__init__(model, prefix)
         self.eps = eps
 
     def forward(self, x):
-        out, self.cache = rmsnorm_forward(x, self.p["weight"], self.eps)
+        out, self.cache = backend.ops.rmsnorm_forward(x, self.p["weight"], self.eps)
         return out
 
     def backward(self, dout):
-        dx, dw = rmsnorm_backward(dout, self.cache)
+        dx, dw = backend.ops.rmsnorm_backward(dout, self.cache)
         self.g["weight"] += dw
         return dx
 
 
-class Linear(Layer):
-    """y = x @ weight^T, weight (out, in) as nn.Linear stores it; no bias."""
-
-    def forward(self, x):
-        out, self.cache = linear_forward(x, self.p["weight"].T)                   # (..., out)
-        return out
-
-    def backward(self, dout):
-        # dW^T is added straight into the (out, in) gradient through its transposed view
-        dx, _, _ = linear_backward(dout, self.cache, dw_out=self.g["weight"].T)
-        return dx
-
-
 class FeedForward(Layer):
-    """SwiGLU: down_proj(silu(gate_proj(x)) * up_proj(x)), emb_dim -> hidden_dim -> emb_dim."""
+    """SwiGLU: down_proj(silu(gate_proj(x)) * up_proj(x)), emb_dim -> hidden_dim -> emb_dim
+    (the book's fc1, fc2, fc3). The weights are (out, in): the op gets transposed views."""
 
     def forward(self, x):
         P = self.p
-        out, self.cache = swiglu_forward(x, P["gate_proj.weight"].T, P["up_proj.weight"].T,
-                                         P["down_proj.weight"].T)                # (B, T, C)
+        out, self.cache = backend.ops.swiglu_forward(x, P["gate_proj.weight"].T, P["up_proj.weight"].T,
+                                                     P["down_proj.weight"].T)           # (B, T, C)
         return out
 
     def backward(self, dout):
-        G = self.g
-        dx, _ = swiglu_backward(dout, self.cache, dw_out=(G["gate_proj.weight"].T, G["up_proj.weight"].T,
-                                                          G["down_proj.weight"].T))
+        G = self.g   # dW added straight into the (out, in) gradients through their transposed views
+        dx, _ = backend.ops.swiglu_backward(dout, self.cache, dw_out=(G["gate_proj.weight"].T, G["up_proj.weight"].T,
+                                                                      G["down_proj.weight"].T))
         return dx
 
 
 class GroupedQueryAttention:
-    """q/k/v_proj -> (Qwen3: RMSNorm per head on q and k) -> RoPE on q and k -> causal GQA -> o_proj."""
+    """q/k/v_proj -> (Qwen3: RMSNorm on each head's q and k) -> RoPE on q and k -> causal GQA -> o_proj.
+
+    The book's W_query, W_key, W_value and out_proj, under Hugging Face's names; nn.Linear's
+    (out, in) weights, so each is a Linear with transposed=True."""
 
     def __init__(self, model, prefix, cfg):
-        self.q_proj, self.k_proj = Linear(model, prefix + "q_proj."), Linear(model, prefix + "k_proj.")
-        self.v_proj, self.o_proj = Linear(model, prefix + "v_proj."), Linear(model, prefix + "o_proj.")
+        self.q_proj = Linear(model, prefix + "q_proj.", transposed=True)     # (B, T, C) -> (B, T, H hd)
+        self.k_proj = Linear(model, prefix + "k_proj.", transposed=True)     # -> (B, T, KV hd)
+        self.v_proj = Linear(model, prefix + "v_proj.", transposed=True)
+        self.o_proj = Linear(model, prefix + "o_proj.", transposed=True)     # (B, T, H hd) -> (B, T, C)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(model, prefix + "q_norm.", cfg.rms_norm_eps)
             self.k_norm = RMSNorm(model, prefix + "k_norm.", cfg.rms_norm_eps)
         self.qk_norm, self.model = cfg.qk_norm, model
         self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.n_kv_groups, cfg.head_dim
 
-    def forward(self, x, start=0, kv=None):
-        """x (B, T, C) at positions start..start+T-1; kv: this block's (keys, values) cache or None."""
+    def forward(self, x, kv=None):
+        """x (B, T, C); kv: this block's KVCache.Block (generation) or None (training)."""
+        ops = backend.ops
         B, T, _ = x.shape
-        hd = self.head_dim
-        q = self.q_proj.forward(x).reshape(B, T, self.n_heads, hd)                # (B, T, H, hd)
-        k = self.k_proj.forward(x).reshape(B, T, self.n_kv, hd)                   # (B, T, KV, hd)
-        v = self.v_proj.forward(x).reshape(B, T, self.n_kv, hd)
+        start = 0 if kv is None else kv.start                                     # position of x[:, 0]
+        q = self.q_proj.forward(x).reshape(B, T, self.n_heads, self.head_dim)     # (B, T, H, hd)
+        k = self.k_proj.forward(x).reshape(B, T, self.n_kv, self.head_dim)        # (B, T, KV, hd)
+        v = self.v_proj.forward(x).reshape(B, T, self.n_kv, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm.forward(q), self.k_norm.forward(k)
         cos, sin = self.model.rope_tables(start, T)                               # (T, hd) each
-        q, self.q_rope = rope_forward(q.transpose(0, 2, 1, 3), cos, sin)          # (B, H, T, hd)
-        k, self.k_rope = rope_forward(k.transpose(0, 2, 1, 3), cos, sin)          # (B, KV, T, hd)
+        q, self.q_rope = ops.rope_forward(q.transpose(0, 2, 1, 3), cos, sin)      # (B, H, T, hd)
+        k, self.k_rope = ops.rope_forward(k.transpose(0, 2, 1, 3), cos, sin)      # (B, KV, T, hd)
         v = v.transpose(0, 2, 1, 3)
-        if kv is not None:                      # keys and values of the earlier tokens come from the cache
-            keys, values = kv
-            keys[:, :, start:start + T], values[:, :, start:start + T] = k, v
-            k, v = keys[:, :, :start + T], values[:, :, :start + T]
-        y, self.att_cache = grouped_query_attention_forward(q, k, v, start)       # (B, H, T, hd)
+        if kv is not None:                      # the earlier tokens' keys and values come from the cache
+            kv.k[:, :, start:start + T], kv.v[:, :, start:start + T] = k, v
+            k, v = kv.k[:, :, :start + T], kv.v[:, :, :start + T]
+        y, self.cache = ops.grouped_query_attention_forward(q, k, v, start)       # (B, H, T, hd)
         return self.o_proj.forward(y.transpose(0, 2, 1, 3).reshape(B, T, -1))     # (B, T, C)
 
     def backward(self, dout):
+        ops = backend.ops
         B, T, _ = dout.shape
         dy = self.o_proj.backward(dout).reshape(B, T, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
-        dq, dk, dv = grouped_query_attention_backward(dy, self.att_cache)         # dk, dv summed per group
-        dq = rope_backward(dq, self.q_rope).transpose(0, 2, 1, 3)                 # (B, T, H, hd)
-        dk = rope_backward(dk, self.k_rope).transpose(0, 2, 1, 3)                 # (B, T, KV, hd)
+        dq, dk, dv = ops.grouped_query_attention_backward(dy, self.cache)         # dk, dv summed per group
+        dq = ops.rope_backward(dq, self.q_rope).transpose(0, 2, 1, 3)             # (B, T, H, hd)
+        dk = ops.rope_backward(dk, self.k_rope).transpose(0, 2, 1, 3)             # (B, T, KV, hd)
         if self.qk_norm:
             dq, dk = self.q_norm.backward(dq), self.k_norm.backward(dk)
         dx = self.q_proj.backward(dq.reshape(B, T, -1))
@@ -239,35 +205,45 @@ class GroupedQueryAttention:
 class TransformerBlock:
     """Pre-norm block with shortcuts, as GPT-2's, with RMSNorm and no dropout:
 
-        x = x + attn(input_layernorm(x))
-        x = x + mlp(post_attention_layernorm(x))
+        x = x + att(norm1(x))          Hugging Face: input_layernorm, self_attn
+        x = x + ff(norm2(x))           post_attention_layernorm, mlp
     """
 
     def __init__(self, model, i):
         cfg, prefix = model.cfg, f"model.layers.{i}."
-        self.input_layernorm = RMSNorm(model, prefix + "input_layernorm.", cfg.rms_norm_eps)
-        self.self_attn = GroupedQueryAttention(model, prefix + "self_attn.", cfg)
-        self.post_attention_layernorm = RMSNorm(model, prefix + "post_attention_layernorm.", cfg.rms_norm_eps)
-        self.mlp = FeedForward(model, prefix + "mlp.")
+        self.norm1 = RMSNorm(model, prefix + "input_layernorm.", cfg.rms_norm_eps)
+        self.att = GroupedQueryAttention(model, prefix + "self_attn.", cfg)
+        self.norm2 = RMSNorm(model, prefix + "post_attention_layernorm.", cfg.rms_norm_eps)
+        self.ff = FeedForward(model, prefix + "mlp.")
 
-    def forward(self, x, start=0, kv=None):
-        x = x + self.self_attn.forward(self.input_layernorm.forward(x), start, kv)      # shortcut
-        return x + self.mlp.forward(self.post_attention_layernorm.forward(x))           # shortcut
+    def forward(self, x, kv=None):
+        x = x + self.att.forward(self.norm1.forward(x), kv)                # shortcut
+        return x + self.ff.forward(self.norm2.forward(x))                   # shortcut
 
     def backward(self, dout):
-        d = dout + self.post_attention_layernorm.backward(self.mlp.backward(dout))
-        return d + self.input_layernorm.backward(self.self_attn.backward(d))
+        # a shortcut y = x + f(x) passes dout straight through: dx = dout + f'(x)^T dout
+        d = dout + self.norm2.backward(self.ff.backward(dout))
+        return d + self.norm1.backward(self.att.backward(d))
 
 
 class KVCache:
-    """Keys (after RoPE) and values of every block for positions 0..length-1: (B, KV, context_length, hd)."""
+    """Keys (after RoPE) and values of every block for the tokens seen so far: per block two
+    (B, n_kv_groups, context_length, head_dim) buffers, as GPTModel's KVCache (model.py)."""
+
+    class Block(NamedTuple):
+        k: object            # (B, KV, context_length, hd)
+        v: object
+        start: int           # how many tokens the buffers hold before this forward
 
     def __init__(self, model, batch_size):
         cfg, xp = model.cfg, backend.array_module(model.flat_params)
         shape = (batch_size, cfg.n_kv_groups, cfg.context_length, cfg.head_dim)
-        self.layers = [(xp.zeros(shape, dtype=model.dtype), xp.zeros(shape, dtype=model.dtype))
-                       for _ in range(cfg.n_layers)]
+        self.k = [xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layers)]
+        self.v = [xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layers)]
         self.length = 0
+
+    def block(self, i):
+        return KVCache.Block(self.k[i], self.v[i], self.length)
 
 
 # ---- the model ---------------------------------------------------------------------------
@@ -278,11 +254,11 @@ class Llama3Model:
                                          n_layers=2, hidden_dim=128, n_kv_groups=2), seed=0)
         logits = model(idx)                    # (B, T) ids -> (B, T, vocab_size)
         loss = model.loss(idx, targets); model.backward()
-        cache = model.kv_cache(batch_size) # then model(idx, kv_cache=cache), a chunk at a time
+        cache = model.kv_cache(batch_size)     # then model(idx, kv_cache=cache), a chunk at a time
 
     The same interface as GPTModel (flat_params / flat_grads / n_decay for the optimizer,
-    state_dict, grads, load_state_dict, zero_grad, train / eval), with no dropout, LoRA or
-    freezing.
+    state_dict, grads, load_state_dict, zero_grad, train / eval), and the same parameter
+    bookkeeping (scratchgpt/params.py); no dropout, LoRA or freezing.
     """
     config_class = Llama3Config
     arch = "llama3"
@@ -291,19 +267,22 @@ class Llama3Model:
         if isinstance(cfg, dict):
             cfg = self.config_class.from_dict(cfg)
         self.cfg, self.seed, self.training = cfg, seed, True
-        self.rng = backend.rng(seed + 1)      # no dropout here; kept so a run's resume state has one
         self.dtype = backend.get_dtype(dtype)
-        self.flat_params, self.flat_grads, self.params, self.grad, self.n_decay = \
-            flat_buffers(parameter_shapes(cfg), self.dtype)
-        self.frozen = set()                   # nothing is frozen (AdamW checks this)
+        self.rng = backend.rng(seed + 1)      # no dropout here; kept so a run's resume state has one
+        self.extensions = {}                  # fine-tuning adds nothing to these models
+        self.buffer = ParamBuffer(parameter_shapes(cfg), self.dtype, backend.xp)
+        self.flat_params, self.flat_grads, self.n_decay = self.buffer.flat, self.buffer.grad_flat, self.buffer.n_decay
+        self.params, self.grad = self.buffer.params, self.buffer.grads
         if init:
             self._init_weights(seed)
         cos, sin = rope_cos_sin(rope_inv_freq(cfg.head_dim, cfg.rope_base, cfg.rope_scaling), cfg.context_length)
         self.cos, self.sin = (backend.xp.asarray(t.astype(self.dtype)) for t in (cos, sin))
-        self.blocks = [TransformerBlock(self, i) for i in range(cfg.n_layers)]
-        self.norm = RMSNorm(self, "model.norm.", cfg.rms_norm_eps)
-        self.head_name = "model.embed_tokens.weight" if cfg.tie_weights else "lm_head.weight"
-        self._cache = self._loss_cache = None
+
+        self.tok_emb = Embedding(self, "model.embed_tokens.")
+        self.trf_blocks = [TransformerBlock(self, i) for i in range(cfg.n_layers)]
+        self.final_norm = RMSNorm(self, "model.norm.", cfg.rms_norm_eps)
+        self.out_head = Linear(self, "model.embed_tokens." if cfg.tie_weights else "lm_head.", transposed=True)
+        self._loss_cache = None
 
     def _init_weights(self, seed):
         """N(0, 0.02) weights (HF's initializer_range), RMSNorm weights 1; drawn on the host."""
@@ -319,53 +298,45 @@ class Llama3Model:
         return self.cos[start:start + T], self.sin[start:start + T]
 
     def kv_cache(self, batch_size):
+        """An empty KVCache for `batch_size` sequences: pass it to forward, chunk after chunk."""
         return KVCache(self, batch_size)
 
-    # the same modes, bookkeeping, input checks and loss as GPTModel
+    # the same modes, parameter bookkeeping, input checks and loss as GPTModel
     train, eval, num_parameters, zero_grad = GPTModel.train, GPTModel.eval, GPTModel.num_parameters, GPTModel.zero_grad
     state_dict, grads, load_state_dict = GPTModel.state_dict, GPTModel.grads, GPTModel.load_state_dict
-    _check_ids, loss = GPTModel._check_ids, GPTModel.loss
-
-    def trainable_names(self):
-        return list(self.params)
+    frozen, trainable_names = GPTModel.frozen, GPTModel.trainable_names
+    _check_ids, _check_targets, loss = GPTModel._check_ids, GPTModel._check_targets, GPTModel.loss
 
     def forward(self, idx, kv_cache=None):
-        """(B, T) token ids -> (B, T, vocab_size) logits. With kv_cache, the ids follow the
-        cache's `length` earlier tokens, whose keys and values come from it (inference only)."""
-        idx = self._check_ids(idx)
+        """(B, T) token ids -> (B, T, vocab_size) logits; keeps what backward needs. With a
+        KVCache (generation) the tokens follow the kv_cache.length ones it holds."""
         start = 0 if kv_cache is None else kv_cache.length
-        if start + idx.shape[1] > self.cfg.context_length:
-            raise ValueError(f"the KV cache holds {start} tokens; {idx.shape[1]} more exceed the "
-                             f"context length {self.cfg.context_length}")
-        self._loss_cache = None
-        x, emb_cache = embedding_forward(idx, self.params["model.embed_tokens.weight"])   # (B, T, C)
-        for i, block in enumerate(self.blocks):
-            x = block.forward(x, start, None if kv_cache is None else kv_cache.layers[i])
-        x = self.norm.forward(x)
-        logits, head_cache = linear_forward(x, self.params[self.head_name].T)          # (B, T, V)
+        idx = self._check_ids(idx, start)
+        x = self.tok_emb.forward(idx)                                             # (B, T, C)
+        for i, block in enumerate(self.trf_blocks):
+            x = block.forward(x, None if kv_cache is None else kv_cache.block(i))  # (B, T, C)
         if kv_cache is not None:
-            kv_cache.length = start + idx.shape[1]
-            self._cache = None                       # no backward through a cached forward
-        else:
-            self._cache = (emb_cache, head_cache)
-        return logits
+            kv_cache.length += idx.shape[1]
+        x = self.final_norm.forward(x)
+        self._loss_cache = None
+        self._backward_ready = kv_cache is None      # no backward through a cached forward
+        return self.out_head.forward(x)                                           # (B, T, vocab_size)
 
     __call__ = forward
 
     def backward(self, dlogits=None):
-        """Add the gradients of the last loss() (or of sum(dlogits * logits)) into grads()."""
-        if self._cache is None:
+        """Add the gradients into model.grads(): of the last `loss()` when dlogits is None,
+        otherwise of sum(dlogits * logits) for any upstream gradient (B, T, V) of the last forward."""
+        if not getattr(self, "_backward_ready", False):
             raise RuntimeError("backward() needs a forward pass without a KV cache first: call model.loss(...)")
         if dlogits is None:
             if self._loss_cache is None:
                 raise RuntimeError("backward() without dlogits needs model.loss(idx, targets) first")
-            dlogits = cross_entropy_backward(1.0, self._loss_cache)
-        emb_cache, head_cache = self._cache
-        dx, _, _ = linear_backward(dlogits, head_cache, dw_out=self.grad[self.head_name].T)
-        dx = self.norm.backward(dx)
-        for block in reversed(self.blocks):
+            dlogits = backend.ops.cross_entropy_backward(1.0, self._loss_cache)
+        dx = self.final_norm.backward(self.out_head.backward(dlogits))           # (B, T, C)
+        for block in reversed(self.trf_blocks):
             dx = block.backward(dx)
-        embedding_backward(dx, emb_cache, out=self.grad["model.embed_tokens.weight"])   # scatter-add
+        self.tok_emb.backward(dx)                                                 # scatter-add into wte
         self._loss_cache = None
 
 

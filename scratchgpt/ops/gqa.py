@@ -8,12 +8,17 @@ group's G heads meet their one key head by broadcasting, with no copies of the k
     S = q k^T / sqrt(hd),   A = softmax(mask(S)),   y = A v
 """
 import math
-from collections import namedtuple
+from typing import NamedTuple
 
-from scratchgpt.backend import array_module
+from scratchgpt.arrays import array_module
 from scratchgpt.ops.softmax import softmax_backward, softmax_forward
 
-GQACache = namedtuple("GQACache", "q k v att")
+
+class GQACache(NamedTuple):
+    q: object        # (B, KV, G, Tq, hd) queries, grouped by the key/value head they read
+    k: object        # (B, KV, Tk, hd)
+    v: object        # (B, KV, Tk, hd)
+    att: object      # (B, KV, G, Tq, Tk) attention weights (0 on masked keys)
 
 
 def grouped_query_attention_forward(q, k, v, start=0):

@@ -3,11 +3,15 @@
 Qwen3 also applies it to each attention head's queries and keys ("QK-norm"): the same op over
 the last axis of a (..., head_dim) array, with a weight of head_dim entries.
 """
-from collections import namedtuple
+from typing import NamedTuple
 
-from scratchgpt.backend import array_module
+from scratchgpt.arrays import array_module
 
-RMSNormCache = namedtuple("RMSNormCache", "x w rstd")
+
+class RMSNormCache(NamedTuple):
+    x: object        # (..., C) the input
+    w: object        # (C,) the scale
+    rstd: object     # (..., 1) per-row 1 / sqrt(mean(x^2) + eps)
 
 
 def rmsnorm_forward(x, w, eps=1e-5):

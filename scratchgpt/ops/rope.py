@@ -8,13 +8,16 @@ is turned by the angle  pos * inv_freq[i],  inv_freq[i] = base^(-2i / head_dim):
 (Hugging Face's "half" layout: the pairs are (i, i + head_dim/2), not neighbours.) A rotation
 keeps lengths, and q.k then depends only on the distance between the two positions.
 """
-from collections import namedtuple
+from typing import NamedTuple
 
 import numpy
 
-from scratchgpt.backend import array_module
+from scratchgpt.arrays import array_module
 
-RopeCache = namedtuple("RopeCache", "cos sin")
+
+class RopeCache(NamedTuple):
+    cos: object      # (T, hd) cos(angle) of each position and pair, each half written once
+    sin: object      # (T, hd) sin(angle)
 
 
 def rope_inv_freq(head_dim, base=10_000.0, rope_scaling=None):

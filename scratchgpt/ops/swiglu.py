@@ -6,13 +6,24 @@
 Weights here are (in, out), as in ops/linear.py; Hugging Face stores them (out, in), so the
 model passes transposed views.
 """
-from collections import namedtuple
+from typing import NamedTuple
 
-from scratchgpt.backend import array_module
+from scratchgpt.arrays import array_module
 from scratchgpt.ops.linear import linear_backward, linear_forward
 
-SiLUCache = namedtuple("SiLUCache", "x sig")
-SwiGLUCache = namedtuple("SwiGLUCache", "gate_cache up_cache silu_cache act up down_cache")
+
+class SiLUCache(NamedTuple):
+    x: object        # the input
+    sig: object      # sigmoid(x)
+
+
+class SwiGLUCache(NamedTuple):
+    gate_cache: object   # LinearCache of x @ W_gate
+    up_cache: object     # LinearCache of x @ W_up
+    silu_cache: object   # SiLUCache of the gate
+    act: object          # (B, T, F) silu(gate)
+    up: object           # (B, T, F) x @ W_up
+    down_cache: object   # LinearCache of (act * up) @ W_down
 
 
 def silu_forward(x):

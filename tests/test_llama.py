@@ -186,3 +186,17 @@ def test_published_config_json_gives_the_books_configs():
         config_from_hf({**QWEN3_06B_CONFIG, "use_sliding_window": True}, "qwen3")
     with pytest.raises(ValueError, match="'yarn' is not supported"):
         config_from_hf({**LLAMA32_1B_CONFIG, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "llama")
+
+
+def test_chat_and_serve_take_a_qwen3_model():
+    import io
+
+    from scratchgpt.chat import Chat
+    from scratchgpt.serve import ChatApp
+    tok = sg.CharTokenizer.from_text(TEXT + "\n")
+    m = tiny(sg.Qwen3Model, vocab_size=tok.vocab_size, context_length=32, head_dim=8)
+    out = io.StringIO()
+    reply = Chat(m, tok, False, max_new_tokens=5, temperature=0.0, out=out).reply("To be")
+    assert len(tok.encode(reply)) <= 5 and out.getvalue().startswith(reply[:1])
+    app = ChatApp(m, tok, False, max_new_tokens=5, name="qwen3")
+    assert app.info()["parameters"] == m.num_parameters() and app.info()["context_length"] == 32

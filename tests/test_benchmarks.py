@@ -64,16 +64,23 @@ def test_the_recipe_benchmark_runs_both_sides_on_the_same_batches(tmp_path):
 
 
 def test_llama_row_compares_the_same_model_on_both_sides(compare):
-    """torch_llama.TorchLlama with our Llama3Model's weights gives our logits: the llama row times
-    the same math on both sides."""
+    """benchmarks/torch_llama.py's TorchLlama with our Llama3Model's weights gives our logits and
+    generates as many tokens: the llama row times the same math on both sides. (compare.Torch is
+    not built here: in the test process `torch_gpt` is tests/torch_gpt.py, not the benchmark's.)"""
     import numpy as np
     import torch
-    ours, ref = compare.Ours(compare.CONFIGS["llama"]), compare.Torch(compare.CONFIGS["llama"])
+    sys.path.insert(0, BENCH)
+    try:
+        import torch_llama
+    finally:
+        sys.path.remove(BENCH)
+    ours = compare.Ours(compare.CONFIGS["llama"])
+    ref = torch_llama.TorchLlama(ours.model.cfg)
     P = ours.model.params
     with torch.no_grad():
-        ref.model.emb.weight.copy_(torch.from_numpy(P["model.embed_tokens.weight"]))
-        ref.model.norm.copy_(torch.from_numpy(P["model.norm.weight"]))
-        for i, b in enumerate(ref.model.blocks):
+        ref.emb.weight.copy_(torch.from_numpy(P["model.embed_tokens.weight"]))
+        ref.norm.copy_(torch.from_numpy(P["model.norm.weight"]))
+        for i, b in enumerate(ref.blocks):
             h = f"model.layers.{i}."
             pairs = [(b.norm1, "input_layernorm.weight"), (b.norm2, "post_attention_layernorm.weight"),
                      (b.q.weight, "self_attn.q_proj.weight"), (b.k.weight, "self_attn.k_proj.weight"),
@@ -82,8 +89,8 @@ def test_llama_row_compares_the_same_model_on_both_sides(compare):
                      (b.down.weight, "mlp.down_proj.weight")]
             for t, name in pairs:
                 t.copy_(torch.from_numpy(P[h + name]))
-        theirs = ref.model(ref.x[:2]).numpy()
+        theirs = ref(torch.from_numpy(ours.x[:2])).numpy()
+        generated = torch_llama.torch_llama_generate(ref, torch.from_numpy(ours.prompt), 3)
     np.testing.assert_allclose(ours.model(ours.x[:2]), theirs, rtol=1e-4, atol=1e-4)
+    assert tuple(generated.shape) == (1, compare.PROMPT_LEN + 3) == ours.generate(3).shape
     ours.train_step()
-    ref.train_step()
-    assert ours.generate(3).shape == (1, compare.PROMPT_LEN + 3) == tuple(ref.generate(3).shape)

@@ -26,6 +26,7 @@ from scratchgpt import backend
 from scratchgpt.model import Embedding, GPTModel, Layer, Linear
 from scratchgpt.ops.rope import rope_cos_sin, rope_inv_freq
 from scratchgpt.params import ParamBuffer
+from scratchgpt.rng import DropoutRNG
 
 
 @dataclass
@@ -268,7 +269,7 @@ class Llama3Model:
             cfg = self.config_class.from_dict(cfg)
         self.cfg, self.seed, self.training = cfg, seed, True
         self.dtype = backend.get_dtype(dtype)
-        self.rng = backend.rng(seed + 1)      # no dropout here; kept so a run's resume state has one
+        self.rng = DropoutRNG(seed + 1)       # no dropout here; kept so a run's resume state has one
         self.extensions = {}                  # fine-tuning adds nothing to these models
         self.buffer = ParamBuffer(parameter_shapes(cfg), self.dtype, backend.xp)
         self.flat_params, self.flat_grads, self.n_decay = self.buffer.flat, self.buffer.grad_flat, self.buffer.n_decay

@@ -1,6 +1,6 @@
 """Speed and memory against torch eager, same config, same batch, same threads, same machine.
 
-    python benchmarks/compare.py                          # tiny, small, gpt2; writes BENCHMARKS.md
+    python benchmarks/compare.py                          # tiny, small, gpt2, llama; writes BENCHMARKS.md
     python benchmarks/compare.py --configs tiny --repeats 9
     python benchmarks/compare.py --quick                  # fewer repeats, shorter generation; no file
 
@@ -54,13 +54,17 @@ CONFIGS = {   # model config + batch; gpt2 is GPT-2 124M (context 1024, qkv bias
                   batch=16, seq=256),
     "gpt2": dict(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12,
                  qkv_bias=True, batch=1, seq=256),
+    # tiny's shape as a Llama 3 (scratchgpt/llama.py against benchmarks/torch_llama.py): RMSNorm,
+    # RoPE, SwiGLU of width 8/3 C (as many weights as tiny's 4C GELU), 2 key/value heads for 4 queries
+    "llama": dict(arch="llama3", vocab_size=65, context_length=64, emb_dim=128, n_heads=4, n_layers=4,
+                  hidden_dim=341, n_kv_groups=2, rope_scaling=None, batch=32, seq=64),
 }
-TARGETS = {"tiny": 1.0, "small": 1.0, "gpt2": 0.9}   # ISSUE 8: train tokens/s ratio to reach
+TARGETS = {"tiny": 1.0, "small": 1.0, "gpt2": 0.9, "llama": None}   # ISSUE 8: train tokens/s ratio to reach
 PROMPT_LEN = 4
 
 
 def model_config(cfgd):
-    return {k: v for k, v in cfgd.items() if k not in ("batch", "seq")}
+    return {k: v for k, v in cfgd.items() if k not in ("batch", "seq", "arch")}
 
 
 def batch(cfgd):
@@ -76,7 +80,10 @@ class Ours:
     def __init__(self, cfgd):
         import scratchgpt as sg
         self.sg = sg
-        self.model = sg.GPTModel(sg.GPTConfig(**model_config(cfgd)), seed=0)
+        if cfgd.get("arch") == "llama3":
+            self.model = sg.Llama3Model(sg.Llama3Config(**model_config(cfgd)), seed=0)
+        else:
+            self.model = sg.GPTModel(sg.GPTConfig(**model_config(cfgd)), seed=0)
         self.opt = sg.AdamW(self.model, lr=1e-4, weight_decay=0.1)
         self.x, self.y = batch(cfgd)
         self.prompt = self.x[:1, :PROMPT_LEN]
@@ -108,10 +115,17 @@ class Torch:
         from torch_gpt import TorchGPT
         from scratchgpt.model import GPTConfig
         self.torch = torch
-        cfg = GPTConfig(**model_config(cfgd))
         torch.manual_seed(0)
-        self.model = TorchGPT(cfg)
-        if cfg.qkv_bias:                 # torch_gpt's c_attn has no bias; GPT-2 124M has one
+        self.llama = cfgd.get("arch") == "llama3"
+        if self.llama:
+            from scratchgpt.llama import Llama3Config
+            from torch_llama import TorchLlama
+            cfg = Llama3Config(**model_config(cfgd))
+            self.model = TorchLlama(cfg)
+        else:
+            cfg = GPTConfig(**model_config(cfgd))
+            self.model = TorchGPT(cfg)
+        if getattr(cfg, "qkv_bias", False):   # torch_gpt's c_attn has no bias; GPT-2 124M has one
             for b in self.model.h:
                 b.c_attn = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=True)
         self.cfg = cfg
@@ -133,6 +147,9 @@ class Torch:
 
     def generate(self, n):
         with self.torch.no_grad():
+            if self.llama:
+                from torch_llama import torch_llama_generate
+                return torch_llama_generate(self.model, self.prompt, n)
             return torch_generate(self.model, self.cfg, self.prompt, n)
 
 
@@ -545,7 +562,7 @@ def thread_env(threads):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="tiny,small,gpt2")
+    ap.add_argument("--configs", default="tiny,small,gpt2,llama")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", default="2",
                     help="thread count for both sides, or a comma-separated list (one table each)")
@@ -632,6 +649,8 @@ def write_report(a, runs):
             c, res = CONFIGS[name], run["results"][name]
             shape = (f"V{c['vocab_size']} L{c['n_layers']} H{c['n_heads']} C{c['emb_dim']} "
                      f"ctx{c['context_length']}, {c['batch']}x{c['seq']}")
+            if "arch" in c:
+                shape = f"{c['arch']} KV{c['n_kv_groups']} F{c['hidden_dim']}, " + shape
             for key, target in (("train", TARGETS[name]), ("forward", None), ("generate", 1.0),
                                 ("train1p", None)):
                 if key in res:
@@ -664,7 +683,7 @@ def write_report(a, runs):
             L.append(f"| other (residual adds, gradient `+=`, ...; medians do not add up exactly) | "
                      f"{1e3 * other:.2f} | {100 * other / total:.1f}% |")
     L += ["\n## Rerun\n", "```",
-          "python benchmarks/compare.py --threads 2,1             # all three configs, writes this file",
+          "python benchmarks/compare.py --threads 2,1             # all four configs, writes this file",
           "python benchmarks/compare.py --configs tiny --quick     # a quick look, prints only",
           "python benchmarks/compare.py --only train,profile --configs small --quick",
           "SCRATCHGPT_KERNELS=numpy python benchmarks/compare.py --quick   # the reference array code",

@@ -10,6 +10,8 @@ share_cores_between_ranks()      # under mpiexec: before NumPy starts its thread
 
 from scratchgpt import backend  # noqa: E402
 from scratchgpt.gpt2 import load_gpt2, save_gpt2
+from scratchgpt.hf import load_hf
+from scratchgpt.llama import Llama3Config, Llama3Model, Qwen3Config, Qwen3Model
 from scratchgpt.model import (GELU, FeedForward, GPTConfig, GPTModel, LayerNorm,
                               MultiHeadAttention, TransformerBlock)
 from scratchgpt.optim import SGD, AdamW, TrainableParams, clip_grad_norm

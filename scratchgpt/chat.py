@@ -166,8 +166,11 @@ class _Stream:
         self._show(self.text)
 
 
-def load_chat_model(out_dir=None, gpt2_dir=None):
-    """(model, tokenizer, alpaca?) from a run folder / .npz or GPT-2's weights."""
+def load_chat_model(out_dir=None, gpt2_dir=None, hf_dir=None):
+    """(model, tokenizer, alpaca?) from a run folder / .npz, GPT-2's weights or a Hugging Face folder."""
+    if hf_dir:
+        from scratchgpt.hf import load_hf_with_tokenizer
+        return (*load_hf_with_tokenizer(hf_dir), False)
     from scratchgpt.finetune import load_base
     model, tok, state = load_base(out_dir, gpt2_dir)
     return model, tok, (state or {}).get("prompt_format") == "alpaca"
@@ -200,7 +203,7 @@ def run(chat, stdin=None, interactive=None):
 
 
 def cmd_chat(a):
-    model, tok, alpaca = load_chat_model(a.out_dir, a.gpt2_dir)
+    model, tok, alpaca = load_chat_model(a.out_dir, a.gpt2_dir, a.hf_dir)
     if a.format != "auto":
         alpaca = a.format == "alpaca"
     chat = Chat(model, tok, alpaca, a.max_new_tokens, a.temperature, a.top_k, a.seed)
@@ -213,6 +216,7 @@ def register_cli(sub):
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--out-dir", help="a run folder (or .npz), e.g. one made by finetune-sft")
     src.add_argument("--gpt2-dir", help="a Hugging Face GPT-2 folder")
+    src.add_argument("--hf-dir", help="a Hugging Face GPT-2, Llama or Qwen3 folder (plain continuation)")
     c.add_argument("--format", default="auto", choices=["auto", "alpaca", "plain"],
                    help="prompt format (auto: alpaca when the checkpoint was instruction-tuned)")
     c.add_argument("--max-new-tokens", type=int, default=None, help="reply length limit (default min(256, context/2))")

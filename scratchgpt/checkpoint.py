@@ -41,7 +41,8 @@ class Checkpoint:
 
 def save(path, model, tokenizer=None, optimizer=None, train_state=None):
     """Write a checkpoint atomically; `optimizer` and `train_state` are what `--resume` needs."""
-    meta = {"format": FORMAT, "config": model_config(model), "dtype": str(model.dtype),
+    meta = {"format": FORMAT, "arch": getattr(model, "arch", "gpt2"), "config": model_config(model),
+            "dtype": str(model.dtype),
             "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
             "train_state": train_state}
     arrays = {f"param/{k}": backend.to_numpy(v) for k, v in model.state_dict().items()}
@@ -80,15 +81,25 @@ def load(path, dtype=None, config=None):
     `config`, when given, must equal the checkpoint's (a resumed run may not change the model).
     """
     meta, arrays = read(path)
+    arch = meta.get("arch", "gpt2")                 # no "arch": written before Llama 3 and Qwen3
+    if arch not in ("gpt2", "llama3", "qwen3"):
+        raise CheckpointError(f"{path} holds a {arch!r} model; known: gpt2, llama3, qwen3")
     try:
-        cfg, extensions = split_config(meta["config"])
+        if arch == "gpt2":
+            cfg, extensions = split_config(meta["config"])
+        else:
+            cfg = llama_classes()[arch].config_class.from_dict(meta["config"])
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path} has an invalid model config: {e}") from None
     if config is not None and config != cfg:
         diff = {k: (v, getattr(config, k)) for k, v in cfg.to_dict().items() if getattr(config, k) != v}
         raise CheckpointError(f"{path} was trained with a different model config "
                               f"(checkpoint vs asked: {diff})")
-    model = build_model(cfg, extensions, dtype=dtype or meta.get("dtype", "float32"))
+    dtype = dtype or meta.get("dtype", "float32")
+    if arch == "gpt2":
+        model = build_model(cfg, extensions, dtype=dtype)
+    else:
+        model = llama_classes()[arch](cfg, dtype=dtype, init=False)
     params = {k[len("param/"):]: v.astype(model.dtype, copy=False)
               for k, v in arrays.items() if k.startswith("param/")}
     try:
@@ -109,6 +120,12 @@ def load(path, dtype=None, config=None):
     if "optim/m" in arrays and "optimizer" in meta:
         optimizer_state = dict(meta["optimizer"], m=arrays["optim/m"], v=arrays["optim/v"])
     return Checkpoint(model, tokenizer, optimizer_state, meta.get("train_state"), meta)
+
+
+def llama_classes():
+    """The "arch" of a Llama 3 / Qwen3 checkpoint -> its model class (config: .config_class)."""
+    from scratchgpt.llama import Llama3Model, Qwen3Model
+    return {"llama3": Llama3Model, "qwen3": Qwen3Model}
 
 
 # ---- the config: the book's GPTConfig plus what fine-tuning added -----------------------------

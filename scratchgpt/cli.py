@@ -26,7 +26,9 @@ def _train_parser(sub):
     src.add_argument("--dataset", default=d.dataset, help="shakespeare (default), wikipedia or math")
     src.add_argument("--text-file", help="train on any UTF-8 text file instead")
     p.add_argument("--tokenizer", default=d.tokenizer, help="char (default), gpt2 or bpe:N")
-    for name in ("n_layers", "n_heads", "emb_dim", "context_length", "batch_size", "max_iters",
+    p.add_argument("--arch", default=d.arch, choices=["gpt2", "llama3", "qwen3"],
+                   help="gpt2 (default), or the book's bonus chapters: llama3, qwen3")
+    for name in ("n_layers", "n_heads", "emb_dim", "context_length", "hidden_dim", "n_kv_groups", "batch_size", "max_iters",
                  "warmup_iters", "grad_accum", "eval_interval", "eval_iters", "seed", "sample_tokens"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("drop_rate", "lr", "min_lr", "weight_decay", "gamma", "grad_clip", "beta1", "beta2"):
@@ -55,8 +57,8 @@ def cmd_train(a):
     if a.resume and a.init_from:
         raise ValueError("--resume and --init-from exclude each other: resume continues a run, "
                          "init-from starts a new one from another run's weights")
-    cfg = TrainConfig(dataset=a.dataset, text_file=a.text_file, tokenizer=a.tokenizer,
-                      n_layers=a.n_layers, n_heads=a.n_heads, emb_dim=a.emb_dim,
+    cfg = TrainConfig(dataset=a.dataset, text_file=a.text_file, tokenizer=a.tokenizer, arch=a.arch,
+                      hidden_dim=a.hidden_dim, n_kv_groups=a.n_kv_groups, n_layers=a.n_layers, n_heads=a.n_heads, emb_dim=a.emb_dim,
                       context_length=a.context_length, drop_rate=a.drop_rate, batch_size=a.batch_size,
                       max_iters=a.max_iters, lr=a.lr, min_lr=a.min_lr, weight_decay=a.weight_decay,
                       beta1=a.beta1, beta2=a.beta2, lr_schedule=a.lr_schedule, warmup_iters=a.warmup_iters,
@@ -98,6 +100,9 @@ def cmd_sample(a):
         from scratchgpt.gpt2 import load_gpt2
         from scratchgpt.tokenizer import BPETokenizer
         model, tok = load_gpt2(a.gpt2_dir), BPETokenizer.gpt2()
+    elif a.hf_dir:
+        from scratchgpt.hf import load_hf_with_tokenizer
+        model, tok = load_hf_with_tokenizer(a.hf_dir)
     else:
         model, tok = _load_run(a.out_dir)
     prompt = a.prompt if a.prompt is not None else "\n"
@@ -119,7 +124,11 @@ def cmd_eval(a):
     from scratchgpt.data import prepare_corpus
     from scratchgpt.evaluate import evaluate_loss
     precision.use(a.precision)
-    model, tok = _load_run(a.out_dir)
+    if a.hf_dir:
+        from scratchgpt.hf import load_hf_with_tokenizer
+        model, tok = load_hf_with_tokenizer(a.hf_dir)
+    else:
+        model, tok = _load_run(a.out_dir)
     corpus = prepare_corpus(None if a.text_file else a.dataset, text_file=a.text_file, tokenizer=tok)
     loss = evaluate_loss(model, corpus.val if a.split == "val" else corpus.train, a.batch_size,
                          max_batches=a.max_batches)
@@ -136,6 +145,8 @@ def build_parser():
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--out-dir", help="a run folder made by `scratchgpt train`")
     src.add_argument("--gpt2-dir", help="a Hugging Face GPT-2 folder (config.json + model.safetensors)")
+    src.add_argument("--hf-dir", help="a Hugging Face GPT-2, Llama or Qwen3 folder (config.json, "
+                                      "model.safetensors, tokenizer.json)")
     s.add_argument("--prompt")
     s.add_argument("--max-new-tokens", type=int, default=200)
     s.add_argument("--temperature", type=float, default=0.8)
@@ -146,7 +157,9 @@ def build_parser():
     _precision_argument(s)
     s.set_defaults(func=cmd_sample)
     e = sub.add_parser("eval", help="loss and perplexity of a run's model on a corpus (prints JSON)")
-    e.add_argument("--out-dir", required=True)
+    model_src = e.add_mutually_exclusive_group(required=True)
+    model_src.add_argument("--out-dir", help="a run folder made by `scratchgpt train`")
+    model_src.add_argument("--hf-dir", help="a Hugging Face GPT-2, Llama or Qwen3 folder")
     src = e.add_mutually_exclusive_group()
     src.add_argument("--dataset", default="shakespeare")
     src.add_argument("--text-file")

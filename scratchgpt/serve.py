@@ -305,10 +305,10 @@ def make_server(app, host="127.0.0.1", port=8000, verbose=False):
 
 # ---- command line ------------------------------------------------------------------------
 def cmd_serve(a):
-    model, tok, alpaca = load_chat_model(a.out_dir, a.gpt2_dir)
+    model, tok, alpaca = load_chat_model(a.out_dir, a.gpt2_dir, a.hf_dir)
     if a.format != "auto":
         alpaca = a.format == "alpaca"
-    name = os.path.basename(os.path.normpath(a.out_dir or a.gpt2_dir))
+    name = os.path.basename(os.path.normpath(a.out_dir or a.gpt2_dir or a.hf_dir))
     app = ChatApp(model, tok, alpaca, a.max_new_tokens, a.temperature, a.top_k, a.seed, name=name)
     server = make_server(app, a.host, a.port, verbose=not a.quiet)
     host, port = server.server_address[:2]
@@ -330,6 +330,7 @@ def register_cli(sub):
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--out-dir", help="a run folder (or .npz), e.g. one made by finetune-sft")
     src.add_argument("--gpt2-dir", help="a Hugging Face GPT-2 folder")
+    src.add_argument("--hf-dir", help="a Hugging Face GPT-2, Llama or Qwen3 folder (plain continuation)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="port (0: any free one; the URL is printed)")
     s.add_argument("--format", default="auto", choices=["auto", "alpaca", "plain"],

@@ -25,6 +25,7 @@ import heapq
 import json
 import re
 import sys
+import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -75,6 +76,67 @@ def gpt2_char_classes():
     x = _char_class(_numbers_not_digits())
     ws = _WHITE_SPACE
     return rf"[^\W\d_{x}]", rf"[\d{x}]", rf"(?:[^\w{ws}]|_)", rf"[{ws}]"
+
+
+def split_pattern(pattern):
+    r"""A pre-tokenisation regex as tokenizer.json writes it (Oniguruma syntax, with \p{L} and
+    \p{N}) -> a compiled stdlib `re` pattern, with the same classes as gpt2_split_pattern.
+
+    Outside brackets \p{L}, \p{N}, \s and \S become the classes of gpt2_char_classes. A bracket
+    class that holds \p{L} or \p{N} becomes an alternation of its members, and a negated one
+    "one character that is none of them": Llama 3's [^\r\n\p{L}\p{N}] turns into
+    (?:(?![letter]|[number]|[\r\n])(?s:.)). Anything else in the pattern is copied as it is (`re`
+    reads (?i:...), {1,3} and (?!...) the same way).
+    """
+    letter, number, _, space = gpt2_char_classes()
+    ws, x = space[1:-1], _char_class(_numbers_not_digits())
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            esc, i = _read_escape(pattern, i)
+            out.append({r"\p{L}": letter, r"\p{N}": number, r"\s": space, r"\S": f"[^{ws}]"}.get(esc, esc))
+        elif c == "[":
+            end = pattern.index("]", i + 2)                    # no nested classes in these patterns
+            out.append(_translate_class(pattern[i + 1:end], ws, x))
+            i = end + 1
+        else:
+            out.append(c)
+            i += 1
+    return re.compile("".join(out))
+
+
+def _read_escape(pattern, i):
+    r"""The escape starting at pattern[i] ("\") and the index after it (\p{..} is one escape)."""
+    if pattern[i + 1] == "p":
+        end = pattern.index("}", i) + 1
+        esc = pattern[i:end]
+        if esc not in (r"\p{L}", r"\p{N}"):
+            raise ValueError(f"the pre-tokenisation pattern uses {esc}; only \\p{{L}} and \\p{{N}} are supported")
+        return esc, end
+    return pattern[i:i + 2], i + 2
+
+
+def _translate_class(body, ws, x):
+    """The inside of one [...] class -> a stdlib-`re` expression for the same set."""
+    negated = body.startswith("^")
+    body = body[1:] if negated else body
+    items, i = [], 0
+    while i < len(body):
+        if body[i] == "\\":
+            esc, i = _read_escape(body, i)
+            items.append(esc)
+        else:
+            items.append(body[i])
+            i += 1
+    has_l, has_n = r"\p{L}" in items, r"\p{N}" in items
+    rest = "".join(ws if it == r"\s" else it for it in items if it not in (r"\p{L}", r"\p{N}"))
+    if not (has_l or has_n):
+        return f"[{'^' if negated else ''}{rest}]"
+    members = [rf"[^\W\d_{x}]"] * has_l + [rf"[\d{x}]"] * has_n + [f"[{rest}]"] * bool(rest)
+    if negated:            # any one character that is none of the members
+        return "(?:(?!" + "|".join(members) + ")(?s:.))"
+    return "(?:" + "|".join(members) + ")"
 
 
 def _numbers_not_digits():
@@ -259,7 +321,9 @@ class BPETokenizer:
 
     CACHE_SIZE = 100_000       # pre-token -> ids; English text reuses few distinct pieces
 
-    def __init__(self, ranks, special_tokens=None, name=None):
+    def __init__(self, ranks, special_tokens=None, name=None, pattern="gpt2", normalize=None):
+        """pattern: "gpt2" or a pre-tokenisation regex in tokenizer.json's syntax (see
+        split_pattern); normalize: None or "NFC" (Qwen's tokenizers normalise text to NFC first)."""
         self.ranks = ranks
         self.special_tokens = dict(special_tokens or {})
         self.name = name
@@ -277,7 +341,10 @@ class BPETokenizer:
             self.decoder[i] = s.encode("utf-8")
         self.vocab_size = max(self.decoder) + 1
         self.eot_id = self.special_tokens.get(ENDOFTEXT)
-        self._pattern = gpt2_split_pattern()
+        if normalize not in (None, "NFC"):
+            raise ValueError(f"unsupported normalizer {normalize!r}: only None or 'NFC'")
+        self.pattern, self.normalize = pattern, normalize
+        self._pattern = gpt2_split_pattern() if pattern == "gpt2" else split_pattern(pattern)
         self._cache = {}
 
     # -- constructors
@@ -338,6 +405,47 @@ class BPETokenizer:
             raise ValueError(f"encoder.json has {len(encoder) - len(special)} mergeable tokens, "
                              f"vocab.bpe implies {len(ranks)}")
         return cls(ranks, special)
+
+    @classmethod
+    def from_tokenizer_json(cls, path):
+        """A Hugging Face tokenizer.json with a byte-level BPE model, as Llama 3 and Qwen3 ship.
+
+        The vocabulary spells each token's bytes with bytes_to_unicode (GPT-2's "Ġ" for a space);
+        `added_tokens` (e.g. <|begin_of_text|>, <|im_start|>) become special tokens, produced
+        when encode is allowed to (allowed_special="all" does what `tokenizers` does). Supported:
+        a Split pre-tokenizer with a regex then ByteLevel (Llama 3, Qwen), or ByteLevel with its
+        own GPT-2 regex; an NFC normalizer or none. Merges are applied by the rank of the merged
+        token, as tiktoken does, so the file's merge order must follow its token ids. The
+        post-processor (e.g. Llama 3's <|begin_of_text|> prefix) is not applied: add it yourself.
+        """
+        d = _load_json(path)
+        model = d.get("model") or {}
+        if model.get("type") != "BPE":
+            raise ValueError(f"{path}: the model is {model.get('type')!r}, only byte-level 'BPE' is supported")
+        byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
+        added = {t["content"]: t["id"] for t in d.get("added_tokens") or []}
+        ranks = {}
+        for token, i in model["vocab"].items():
+            if token in added:
+                continue
+            if not all(ch in byte_of for ch in token):
+                raise ValueError(f"{path}: vocabulary entry {token!r} is not spelled with byte-level "
+                                 "characters (bytes_to_unicode); is this a byte-level BPE?")
+            ranks[bytes(byte_of[ch] for ch in token)] = i
+        last = -1
+        for n, merge in enumerate(model.get("merges") or []):
+            left, right = merge.split(" ") if isinstance(merge, str) else merge
+            i = model["vocab"][left + right]
+            if i <= last:
+                raise ValueError(f"{path}: merge {n} ({left!r} + {right!r}) makes token id {i}, lower than an "
+                                 "earlier merge's; merges must follow the token ids to be applied by rank")
+            last = i
+        pattern = _pre_tokenizer_pattern(d.get("pre_tokenizer"), path)
+        norm = d.get("normalizer")
+        normalize = None if norm is None else norm.get("type")
+        if normalize not in (None, "NFC"):
+            raise ValueError(f"{path}: normalizer {norm!r} is not supported (only NFC or none)")
+        return cls(ranks, added, pattern=pattern, normalize=normalize)
 
     @classmethod
     def train(cls, text, vocab_size, verbose=False):
@@ -442,6 +550,8 @@ class BPETokenizer:
 
     def encode_ordinary(self, text):
         """Text -> ids, treating special-token strings as ordinary text."""
+        if self.normalize:
+            text = unicodedata.normalize(self.normalize, text)
         try:
             return self._encode_pieces(text)
         except UnicodeEncodeError:                       # lone surrogates: no UTF-8 form
@@ -488,18 +598,20 @@ class BPETokenizer:
         tokens = [None] * n
         for token, rank in self.ranks.items():
             tokens[rank] = base64.b64encode(token).decode("ascii")
-        return {"type": "bpe", "pattern": "gpt2", "tokens": tokens,
-                "special_tokens": dict(self.special_tokens)}
+        d = {"type": "bpe", "pattern": self.pattern, "tokens": tokens,
+             "special_tokens": dict(self.special_tokens)}
+        if self.normalize:
+            d["normalize"] = self.normalize
+        return d
 
     @classmethod
     def from_dict(cls, d):
         _check_type(d, "bpe")
         if d.get("name") == "gpt2":
             return cls.gpt2()
-        if d.get("pattern", "gpt2") != "gpt2":
-            raise ValueError(f"unknown pre-tokenisation pattern {d['pattern']!r}; only 'gpt2' is supported")
         ranks = {base64.b64decode(t): i for i, t in enumerate(d["tokens"]) if t is not None}
-        return cls(ranks, d.get("special_tokens", {}), name=d.get("name"))
+        return cls(ranks, d.get("special_tokens", {}), name=d.get("name"),
+                   pattern=d.get("pattern", "gpt2"), normalize=d.get("normalize"))
 
     def save(self, path):
         _save_json(self.to_dict(), path)
@@ -550,6 +662,22 @@ def _read_tiktoken_file(path):
             except ValueError:
                 raise ValueError(f"{path}:{n}: expected 'base64-token rank', got {line[:80]!r}") from None
     return ranks
+
+
+def _pre_tokenizer_pattern(pre, path):
+    """tokenizer.json's pre_tokenizer -> "gpt2" or the regex of its Split step."""
+    steps = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else [pre] if pre else []
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
+        return "gpt2"
+    if kinds == ["Split", "ByteLevel"]:
+        split, byte_level = steps
+        if (split.get("behavior") == "Isolated" and not split.get("invert") and "Regex" in split["pattern"]
+                and not byte_level.get("use_regex", True) and not byte_level.get("add_prefix_space")):
+            return split["pattern"]["Regex"]
+    raise ValueError(f"{path}: pre_tokenizer {kinds} with these options is not supported; expected "
+                     "ByteLevel (GPT-2's regex) or Split(Regex, Isolated) then ByteLevel(use_regex=false), "
+                     "both without add_prefix_space")
 
 
 @functools.lru_cache(maxsize=16)

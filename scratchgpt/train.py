@@ -29,6 +29,7 @@ import numpy
 from scratchgpt import backend, checkpoint, distributed, precision
 from scratchgpt.data import BatchSampler, get_batch, prepare_corpus
 from scratchgpt.generate import generate_text
+from scratchgpt.llama import Llama3Config, Llama3Model, Qwen3Config, Qwen3Model
 from scratchgpt.model import GPTConfig, GPTModel
 from scratchgpt.optim import AdamW, clip_grad_norm
 from scratchgpt.rng import DropoutRNG
@@ -44,11 +45,14 @@ class TrainConfig:
     text_file: str = None
     tokenizer: str = "char"                  # char | gpt2 | bpe:N
     # model (nanoGPT's CPU recipe for character-level Shakespeare)
+    arch: str = "gpt2"                       # gpt2 | llama3 | qwen3 (scratchgpt/llama.py)
     n_layers: int = 4
     n_heads: int = 4
     emb_dim: int = 128
     context_length: int = 64
     drop_rate: float = 0.0
+    hidden_dim: int = 0                      # llama3 / qwen3: the SwiGLU width; 0 = 4 * emb_dim
+    n_kv_groups: int = 0                     # llama3 / qwen3: key/value heads; 0 = n_heads (no grouping)
     # optimisation
     batch_size: int = 12
     max_iters: int = 2000
@@ -82,10 +86,27 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr_schedule not in ("constant", "multistep", "cosine"):
             raise ValueError(f"unknown lr schedule {self.lr_schedule!r}: use constant, multistep or cosine")
+        if self.arch not in ("gpt2", "llama3", "qwen3"):
+            raise ValueError(f"unknown arch {self.arch!r}: use gpt2, llama3 or qwen3")
+        if self.arch != "gpt2" and self.drop_rate:
+            raise ValueError(f"--drop-rate {self.drop_rate}: {self.arch} has no dropout (as the book's and "
+                             "Hugging Face's models); leave it at 0")
 
     def model_config(self, vocab_size):
-        return GPTConfig(vocab_size=vocab_size, context_length=self.context_length, emb_dim=self.emb_dim,
-                         n_heads=self.n_heads, n_layers=self.n_layers, drop_rate=self.drop_rate)
+        if self.arch == "gpt2":
+            return GPTConfig(vocab_size=vocab_size, context_length=self.context_length, emb_dim=self.emb_dim,
+                             n_heads=self.n_heads, n_layers=self.n_layers, drop_rate=self.drop_rate)
+        # a small model trained from scratch: head_dim = emb_dim / n_heads, and no RoPE scaling
+        # (Llama 3's stretches a 8192-token pretraining context; ours is the run's context_length)
+        config_class = Qwen3Config if self.arch == "qwen3" else Llama3Config
+        return config_class(vocab_size=vocab_size, context_length=self.context_length, emb_dim=self.emb_dim,
+                            n_heads=self.n_heads, n_layers=self.n_layers,
+                            hidden_dim=self.hidden_dim or 4 * self.emb_dim, head_dim=0,
+                            n_kv_groups=self.n_kv_groups or self.n_heads, rope_scaling=None)
+
+    def make_model(self, vocab_size):
+        cls = {"gpt2": GPTModel, "llama3": Llama3Model, "qwen3": Qwen3Model}[self.arch]
+        return cls(self.model_config(vocab_size), seed=self.seed, dtype=self.dtype)
 
     def lr_at(self, it):
         return get_lr(self.lr_schedule, it, self.lr, max_iters=self.max_iters, warmup_iters=self.warmup_iters,
@@ -225,19 +246,19 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
             src = checkpoint.load(os.path.join(cfg.init_from, LATEST), dtype=cfg.dtype)
             model, tokenizer = src.model, src.tokenizer
             # the architecture comes from the source run
-            cfg = dataclasses.replace(cfg, **{k: getattr(model.cfg, k) for k in
+            cfg = dataclasses.replace(cfg, arch=getattr(model, "arch", "gpt2"), **{k: getattr(model.cfg, k) for k in
                                               ("n_layers", "n_heads", "emb_dim", "context_length")})
-            # this run's drop rate: the layers read it when they are built, so build the model again
-            model = checkpoint.build_model(dataclasses.replace(model.cfg, drop_rate=cfg.drop_rate),
-                                           src.model.extensions, dtype=cfg.dtype)
-            model.load_state_dict(src.model.state_dict())
+            if cfg.arch == "gpt2":  # this run's drop rate: the layers read it when built, so build again
+                model = checkpoint.build_model(dataclasses.replace(model.cfg, drop_rate=cfg.drop_rate),
+                                               src.model.extensions, dtype=cfg.dtype)
+                model.load_state_dict(src.model.state_dict())
             model.rng = DropoutRNG(cfg.seed + 1)
             corpus = world.rank0_first(lambda: load_corpus(cfg, tokenizer))
             log(f"initialised from {cfg.init_from} (iteration {src.train_state['iter'] if src.train_state else '?'})")
         else:
             corpus = world.rank0_first(lambda: load_corpus(cfg, tokenizer))
             tokenizer = corpus.tokenizer
-            model = GPTModel(cfg.model_config(tokenizer.vocab_size), seed=cfg.seed, dtype=cfg.dtype)
+            model = cfg.make_model(tokenizer.vocab_size)
         opt = _make_optimizer(model, cfg, world)
         sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.context_length, cfg.seed)
         elapsed0 = 0.0

@@ -63,3 +63,36 @@ def test_the_recipe_benchmark_runs_both_sides_on_the_same_batches(tmp_path):
     assert ours["val_loss"] < 4.3                      # ln(65) = 4.17 at the start: it trained
     for r in (ours, torch_):
         assert r["step_s"] > 0 and r["eval_s"] > 0 and r["wall_s"] >= r["step_s"] + r["eval_s"]
+
+
+def test_llama_row_compares_the_same_model_on_both_sides(compare):
+    """benchmarks/torch_llama.py's TorchLlama with our Llama3Model's weights gives our logits and
+    generates as many tokens: the llama row times the same math on both sides. (compare.Torch is
+    not built here: in the test process `torch_gpt` is tests/torch_gpt.py, not the benchmark's.)"""
+    import numpy as np
+    import torch
+    sys.path.insert(0, BENCH)
+    try:
+        import torch_llama
+    finally:
+        sys.path.remove(BENCH)
+    ours = compare.Ours(compare.CONFIGS["llama"])
+    ref = torch_llama.TorchLlama(ours.model.cfg)
+    P = ours.model.params
+    with torch.no_grad():
+        ref.emb.weight.copy_(torch.from_numpy(P["model.embed_tokens.weight"]))
+        ref.norm.copy_(torch.from_numpy(P["model.norm.weight"]))
+        for i, b in enumerate(ref.blocks):
+            h = f"model.layers.{i}."
+            pairs = [(b.norm1, "input_layernorm.weight"), (b.norm2, "post_attention_layernorm.weight"),
+                     (b.q.weight, "self_attn.q_proj.weight"), (b.k.weight, "self_attn.k_proj.weight"),
+                     (b.v.weight, "self_attn.v_proj.weight"), (b.o.weight, "self_attn.o_proj.weight"),
+                     (b.gate.weight, "mlp.gate_proj.weight"), (b.up.weight, "mlp.up_proj.weight"),
+                     (b.down.weight, "mlp.down_proj.weight")]
+            for t, name in pairs:
+                t.copy_(torch.from_numpy(P[h + name]))
+        theirs = ref(torch.from_numpy(ours.x[:2])).numpy()
+        generated = torch_llama.torch_llama_generate(ref, torch.from_numpy(ours.prompt), 3)
+    np.testing.assert_allclose(ours.model(ours.x[:2]), theirs, rtol=1e-4, atol=1e-4)
+    assert tuple(generated.shape) == (1, compare.PROMPT_LEN + 3) == ours.generate(3).shape
+    ours.train_step()

@@ -235,3 +235,15 @@ def test_fine_tuning_examples_run(tmp_path, script, png, fact):
         assert ck.train_state["accuracy_after"]["test"] == pytest.approx(
             number(r"test accuracy: [\d.]+% -> ([\d.]+)%", out) / 100, abs=5e-4)
     assert_pngs(tmp_path, [png])
+
+
+# ---- bonus chapters: GPT-2 -> Llama 3 -> Qwen3 ------------------------------------------------
+def test_gpt_to_llama_qwen_trains_each_step(tmp_path):
+    out = run_example("ch05_gpt_to_llama_qwen.py", tmp_path)
+    for label in ("GPT-2", r"Llama 3 \(MHA\)", r"Llama 3 \(GQA\)", "Qwen3"):
+        params = number(label + r" .*? ([\d,]+) parameters", out)
+        loss = number(label + r" .*val loss ([\d.]+)", out)
+        assert 20_000 < params < 40_000 and loss < 4.0          # all learn (start ~ln(V) = 4.2)
+    gqa = number(r"Llama 3 \(GQA\) .*?, (\d+) key/value heads", out)
+    assert gqa == 2 and number(r"Llama 3 \(MHA\) .*?, (\d+) key/value heads", out) == 4
+    assert_pngs(tmp_path, ["gpt_to_llama_qwen.png"])

@@ -16,7 +16,12 @@ from scratchgpt.ops.dropout import dropout_backward, dropout_forward
 from scratchgpt.ops.embedding import (EmbeddingCache, embedding_backward, embedding_forward,
                                       position_embedding_backward, position_embedding_forward)
 from scratchgpt.ops.gelu import gelu_backward, gelu_forward
+from scratchgpt.ops.gqa import GQACache, grouped_query_attention_backward, grouped_query_attention_forward
 from scratchgpt.ops.layernorm import LayerNormCache, layernorm_backward, layernorm_forward
 from scratchgpt.ops.linear import LinearCache, linear_backward, linear_forward
+from scratchgpt.ops.rmsnorm import RMSNormCache, rmsnorm_backward, rmsnorm_forward
+from scratchgpt.ops.rope import RopeCache, rope_backward, rope_forward
 from scratchgpt.ops.softmax import (causal_softmax_backward, causal_softmax_forward,
                                     softmax_backward, softmax_forward)
+from scratchgpt.ops.swiglu import (SiLUCache, SwiGLUCache, silu_backward, silu_forward, swiglu_backward,
+                                   swiglu_forward)

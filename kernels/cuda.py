@@ -6,6 +6,8 @@ The same functions, arguments and results as the CPU kernels beside this file, o
     layernorm_forward(x, w, b, eps) -> out, mean, rstd  layernorm_backward(dout, x, mean, rstd, w) -> dx, dw, db
     gelu_forward(x, out=None) -> y                      gelu_backward(dout, x, out=None) -> dx
     cross_entropy_forward_backward(logits, targets, ignore_index, out=None) -> loss, dlogits
+    embedding_backward(dout, ids, out) -> out (the (V, C) gradient, added into in place)
+    adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay, n_decay)   (flat buffers, in place)
 
 Arrays. CuPy arrays in real use: the results are CuPy arrays from CuPy's memory pool, and the
 kernels run on CuPy's current stream, so they queue behind CuPy's own work with no host
@@ -14,12 +16,13 @@ those under numba's simulator (NUMBA_ENABLE_CUDASIM=1), which runs the kernels a
 on a machine without a GPU. NumPy arrays are refused (scratchgpt.kernels has the CPU kernels),
 except cross-entropy's targets, which may come from the host.
 
-Two differences from the CPU kernels, both so that no call waits for the GPU:
+Differences from the CPU kernels, all so that no call waits for the GPU:
 - cross_entropy_forward_backward's loss is a 0-d float64 device array, not a Python float;
   float(loss) fetches it (model.loss does, the one device-to-host transfer of a training step).
 - a target outside [0, V) that is not ignore_index raises ValueError (the CPU kernel's message)
   when the targets are a NumPy array, checked on the host; in device targets, which the host
-  cannot read without waiting, it makes that row's loss and dlogits nan instead.
+  cannot read without waiting, it makes that row's loss and dlogits nan instead;
+- embedding_backward skips an id outside [-V, V) instead of raising (the model checks its ids).
 
 How the work is laid out (the CUDA programmer's usual shapes):
 - softmax, LayerNorm and cross-entropy: one thread block per row. The block's threads stride
@@ -127,14 +130,16 @@ def _probe():
     return ""
 
 
-def _jit(device=False):
+def _jit(device=False, cache=True):
     """cuda.jit, or the plain function where numba has no CUDA target (then never launched)."""
     if cuda is None:
         return lambda f: f
-    return cuda.jit(device=True, cache=True) if device else cuda.jit(cache=True)
+    return cuda.jit(device=True, cache=cache) if device else cuda.jit(cache=cache)
 
 
-@_jit()
+# not cached on disk: available() must compile it, because numba-cuda's first compile is what
+# needs numpy_row_stack_for_numba_cuda (a kernel loaded from the cache might not be)
+@_jit(cache=False)
 def _probe_kernel(x):
     i = cuda.grid(1)
     if i < x.shape[0]:
@@ -559,6 +564,112 @@ def cross_entropy_forward_backward(logits, targets, ignore_index=-100, out=None)
                 n_valid, dlogits, row_loss)
     _launch(_mean_loss, 1, threads, row_loss, n_valid, loss)
     return loss.reshape(()), dlogits
+
+
+# ---------------------------------------------------------------- embedding backward
+
+# dweight[v] = sum of dout[n] over the rows n with ids[n] == v, without atomics. The ids are
+# sorted (order: dout's rows by id); thread (n, c) with n the first position of a run of equal
+# ids sums that run's rows of column c, in order, and adds the sum into out[id, c]. Each
+# (id, c) has exactly one thread, so the result is the same bits on every run (an atomicAdd
+# scatter, like cupy.add.at, sums in whatever order the threads arrive).
+@_jit()
+def _embedding_backward(dout, order, sorted_ids, out):
+    N, C = dout.shape
+    n = cuda.blockIdx.x
+    c = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+    v = sorted_ids[n]
+    if c >= C or (n > 0 and sorted_ids[n - 1] == v) or v < 0 or v >= out.shape[0]:
+        return
+    s = np.float64(0.0)
+    m = n
+    while m < N and sorted_ids[m] == v:
+        s += dout[order[m], c]
+        m += 1
+    out[v, c] += s
+
+
+def embedding_backward(dout, ids, out):
+    """Add dout (..., C) into the table's gradient `out` (V, C) at rows ids (...), in place, and
+    return `out`. A negative id counts from the end (as in NumPy); on the device an id outside
+    [-V, V) adds nothing (checking it would wait for the GPU; the model checks its ids first).
+    """
+    dout = _as_float_array(dout, "dout")
+    C = dout.shape[dout.ndim - 1]
+    if tuple(ids.shape) != tuple(dout.shape)[:-1]:
+        raise ValueError(f"ids have shape {tuple(ids.shape)} but dout has shape {tuple(dout.shape)}")
+    same_kind = out is not None and (_cupy(out) is None) == (_cupy(dout) is None)
+    if not same_kind or out.ndim != 2 or out.shape[1] != C or out.dtype != dout.dtype \
+            or not (out.flags.c_contiguous if _cupy(out) is not None else out.is_c_contiguous()):
+        raise ValueError(f"out must be a C-contiguous {dout.dtype} device array of shape (V, {C}) like dout, "
+                         f"got {type(out).__name__} {getattr(out, 'dtype', '')} {tuple(getattr(out, 'shape', ()))}")
+    dout = dout.reshape(-1, C)
+    N = dout.shape[0]
+    if N and C:
+        order, sorted_ids = _sort_ids(ids, out.shape[0])
+        threads = _block_size(C, 128)
+        _launch(_embedding_backward, (N, -(-C // threads)), threads, dout, order, sorted_ids, out)
+    return out
+
+
+def _sort_ids(ids, V):
+    """(order, sorted ids): the positions of the ids sorted by value, negative ids counted from
+    the end first. On the device for CuPy arrays; numba device arrays (the simulator's tests) and
+    NumPy ids are sorted on the host."""
+    cp = _cupy(ids)
+    if cp is not None:
+        flat = ids.reshape(-1).astype(cp.int64)
+        flat = cp.where(flat < 0, flat + V, flat)
+        order = cp.argsort(flat)                  # CuPy's sort: a radix sort, the same order every run
+        return order, flat[order]
+    host = ids.copy_to_host() if _is_numba_device_array(ids) else np.asarray(ids)
+    host = host.reshape(-1).astype(np.int64)
+    host = np.where(host < 0, host + V, host)
+    order = np.argsort(host, kind="stable")
+    return cuda.to_device(order), cuda.to_device(host[order])
+
+
+# ---------------------------------------------------------------- AdamW
+
+# One pass over the flat buffers (a grid-stride loop), each element read once and written once:
+#   m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+#   p <- p * (1 - lr * wd)                                  only for elements i < n_decay
+#   p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+# the update of scratchgpt/optim.py's array code (about a dozen passes) in one launch.
+@_jit()
+def _adamw_step(p, g, m, v, n_decay, decay, b1, b2, step_size, inv_sqrt_bc2, eps):
+    one = p.dtype.type(1.0)
+    c1, c2 = one - b1, one - b2
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        gi = g[i]
+        mi = b1 * m[i] + c1 * gi
+        vi = b2 * v[i] + c2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        pi = p[i] * (decay if i < n_decay else one)
+        p[i] = pi - step_size * (mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps))
+
+
+def adamw_step(p, g, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, n_decay=0):
+    """Update the 1-D device buffers p, m, v in place with gradient g, for step number t (1, 2, ...).
+
+    Weight decay (decoupled, lr * weight_decay) applies to p[:n_decay] only. The scalars are
+    computed on the host and passed in p's dtype, so float32 buffers see no float64 math.
+    """
+    p = _as_float_array(p, "p", ndim=1)
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        _check_same(_as_float_array(a, name, ndim=1), p, name, "p")
+    if not 0 <= n_decay <= p.shape[0]:
+        raise ValueError(f"n_decay must be in [0, {p.shape[0]}], got {n_decay}")
+    if t < 1:
+        raise ValueError(f"the step number t counts from 1, got {t}")
+    if p.shape[0]:
+        f = p.dtype.type
+        b1, b2 = betas
+        threads = _block_size(p.shape[0], ROW_THREADS)
+        _launch(_adamw_step, _grid_blocks(p.shape[0], threads), threads, p, g, m, v, int(n_decay),
+                f(1.0 - lr * weight_decay), f(b1), f(b2), f(lr / (1.0 - b1 ** t)),
+                f(1.0 / math.sqrt(1.0 - b2 ** t)), f(eps))
 
 
 # ---------------------------------------------------------------- arrays and launches

@@ -15,8 +15,10 @@ def test_the_hash_is_splitmix64():
     # (the reference C code of Vigna's xoshiro page; the same numbers in Java's SplittableRandom)
     assert [mix64(k * GOLDEN) for k in (1, 2, 3)] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4,
                                                       0x06C45D188009454F]
-    u = uniform(np, 0, (3,), np.dtype(np.float64))                  # the array code gives the same bits
-    assert list(u * 2 ** 24) == [mix64(k * GOLDEN) >> 40 for k in (1, 2, 3)]
+    u = uniform(np, 0, (5,), np.dtype(np.float64))                  # the array code gives the same bits,
+    z = [mix64(k * GOLDEN) for k in (1, 2, 3)]                      # two 24-bit numbers per hash
+    assert list(u * 2 ** 24) == [z[0] >> 40, (z[0] >> 16) & 0xFFFFFF, z[1] >> 40, (z[1] >> 16) & 0xFFFFFF,
+                                 z[2] >> 40]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

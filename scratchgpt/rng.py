@@ -42,8 +42,9 @@ def draw_key(seed, draw):
     return mix64(mix64(seed * GOLDEN + 1) + draw * GOLDEN)
 
 
-def uniform(xp, key, shape, dtype):
+def uniform(xp, key, shape, dtype, start=0):
     """Uniform numbers in [0, 1) of `shape` from `key`, in array code (xp: numpy or cupy).
+    `start` skips that many elements of the draw (a data-parallel rank takes its rows' part).
 
     Each 64-bit hash gives two numbers: bits 40-63 for element 2k and bits 16-39 for element
     2k + 1 (half the hashing of one number per hash). uint64 arithmetic wraps modulo 2^64 on
@@ -52,8 +53,8 @@ def uniform(xp, key, shape, dtype):
     n = 1
     for s in shape:
         n *= s
-    m = (n + 1) // 2
-    z = xp.arange(1, m + 1, dtype=u64)                    # the counters k + 1
+    k0, k1 = start // 2, (start + n + 1) // 2             # the hashes of elements start .. start + n - 1
+    z = xp.arange(k0 + 1, k1 + 1, dtype=u64)              # the counters k + 1
     z *= u64(GOLDEN)
     z += u64(key)
     z ^= z >> u64(30)
@@ -61,11 +62,12 @@ def uniform(xp, key, shape, dtype):
     z ^= z >> u64(27)
     z *= u64(M2)
     z ^= z >> u64(31)
-    bits = xp.empty((m, 2), dtype=u64)                    # (m, 2): two 24-bit numbers per hash
+    bits = xp.empty((k1 - k0, 2), dtype=u64)              # two 24-bit numbers per hash
     xp.right_shift(z, u64(40), out=bits[:, 0])
     xp.right_shift(z, u64(16), out=bits[:, 1])
     bits[:, 1] &= u64(0xFFFFFF)
-    u = bits.reshape(-1)[:n].astype(dtype)                # 24 bits: exact in float32
+    first = start - 2 * k0                                # 1 when the draw starts at an odd element
+    u = bits.reshape(-1)[first:first + n].astype(dtype)   # 24 bits: exact in float32
     u *= 2.0 ** -24
     return u.reshape(shape)
 

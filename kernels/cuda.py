@@ -6,6 +6,7 @@ The same functions, arguments and results as the CPU kernels beside this file, o
     layernorm_forward(x, w, b, eps) -> out, mean, rstd  layernorm_backward(dout, x, mean, rstd, w) -> dx, dw, db
     gelu_forward(x, out=None) -> y                      gelu_backward(dout, x, out=None) -> dx
     cross_entropy_forward_backward(logits, targets, ignore_index, out=None) -> loss, dlogits
+    embedding_backward(dout, ids, out) -> out (the (V, C) gradient, added into in place)
 
 Arrays. CuPy arrays in real use: the results are CuPy arrays from CuPy's memory pool, and the
 kernels run on CuPy's current stream, so they queue behind CuPy's own work with no host
@@ -559,6 +560,69 @@ def cross_entropy_forward_backward(logits, targets, ignore_index=-100, out=None)
                 n_valid, dlogits, row_loss)
     _launch(_mean_loss, 1, threads, row_loss, n_valid, loss)
     return loss.reshape(()), dlogits
+
+
+# ---------------------------------------------------------------- embedding backward
+
+# dweight[v] = sum of dout[n] over the rows n with ids[n] == v, without atomics. The ids are
+# sorted (order: dout's rows by id); thread (n, c) with n the first position of a run of equal
+# ids sums that run's rows of column c, in order, and adds the sum into out[id, c]. Each
+# (id, c) has exactly one thread, so the result is the same bits on every run (an atomicAdd
+# scatter, like cupy.add.at, sums in whatever order the threads arrive).
+@_jit()
+def _embedding_backward(dout, order, sorted_ids, out):
+    N, C = dout.shape
+    n = cuda.blockIdx.x
+    c = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+    v = sorted_ids[n]
+    if c >= C or (n > 0 and sorted_ids[n - 1] == v) or v < 0 or v >= out.shape[0]:
+        return
+    s = np.float64(0.0)
+    m = n
+    while m < N and sorted_ids[m] == v:
+        s += dout[order[m], c]
+        m += 1
+    out[v, c] += s
+
+
+def embedding_backward(dout, ids, out):
+    """Add dout (..., C) into the table's gradient `out` (V, C) at rows ids (...), in place, and
+    return `out`. A negative id counts from the end (as in NumPy); on the device an id outside
+    [-V, V) adds nothing (checking it would wait for the GPU; the model checks its ids first).
+    """
+    dout = _as_float_array(dout, "dout")
+    C = dout.shape[dout.ndim - 1]
+    if tuple(ids.shape) != tuple(dout.shape)[:-1]:
+        raise ValueError(f"ids have shape {tuple(ids.shape)} but dout has shape {tuple(dout.shape)}")
+    same_kind = out is not None and (_cupy(out) is None) == (_cupy(dout) is None)
+    if not same_kind or out.ndim != 2 or out.shape[1] != C or out.dtype != dout.dtype \
+            or not (out.flags.c_contiguous if _cupy(out) is not None else out.is_c_contiguous()):
+        raise ValueError(f"out must be a C-contiguous {dout.dtype} device array of shape (V, {C}) like dout, "
+                         f"got {type(out).__name__} {getattr(out, 'dtype', '')} {tuple(getattr(out, 'shape', ()))}")
+    dout = dout.reshape(-1, C)
+    N = dout.shape[0]
+    if N and C:
+        order, sorted_ids = _sort_ids(ids, out.shape[0])
+        threads = _block_size(C, 128)
+        _launch(_embedding_backward, (N, -(-C // threads)), threads, dout, order, sorted_ids, out)
+    return out
+
+
+def _sort_ids(ids, V):
+    """(order, sorted ids): the positions of the ids sorted by value, negative ids counted from
+    the end first. On the device for CuPy arrays; numba device arrays (the simulator's tests) and
+    NumPy ids are sorted on the host."""
+    cp = _cupy(ids)
+    if cp is not None:
+        flat = ids.reshape(-1).astype(cp.int64)
+        flat = cp.where(flat < 0, flat + V, flat)
+        order = cp.argsort(flat)                  # CuPy's sort: a radix sort, the same order every run
+        return order, flat[order]
+    host = ids.copy_to_host() if _is_numba_device_array(ids) else np.asarray(ids)
+    host = host.reshape(-1).astype(np.int64)
+    host = np.where(host < 0, host + V, host)
+    order = np.argsort(host, kind="stable")
+    return cuda.to_device(order), cuda.to_device(host[order])
 
 
 # ---------------------------------------------------------------- arrays and launches

@@ -96,6 +96,7 @@ def test_kernels_compile_for_the_gpu(monkeypatch):
             ("_sum_param_grad_parts", (D2, D2, A1, A1)),
             ("_gelu_forward", (A1, A1)), ("_gelu_backward", (A1, A1, A1)),
             ("_mean_loss", (D1, D1, D1)),
+            ("_embedding_backward", (A2, int64[::1], int64[::1], A2)),
         ]
         for t in (int32, int64):                                   # targets of either width
             signatures += [("_count_valid_targets", (t[::1], int64, D1)),
@@ -357,6 +358,27 @@ def test_cross_entropy_bad_targets_raise_on_the_host_and_give_nan_on_the_device(
     d = host(d)
     assert math.isnan(float(host(loss))) and np.all(np.isnan(d[2]))
     assert not np.isnan(d[[0, 1, 3]]).any() and not d[3].any()
+
+
+# ---------------------------------------------------------------- embedding backward
+
+@on_the_device
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embedding_backward_matches_the_reference_and_repeats_its_bits(K, launch, reference, dtype):
+    r = np.random.default_rng(4)
+    V, C = 6, 13
+    ids = np.array([[3, 1, 3, 0], [5, 3, 1, -1]])                # repeats, and -1 counts from the end
+    dout = r.standard_normal((2, 4, C)).astype(dtype)
+    start = r.standard_normal((V, C)).astype(dtype)               # it adds into what is there
+    out = dev(start)
+    assert K.embedding_backward(dev(dout), dev(ids), out) is out
+    ref = reference.embedding_backward(f64(dout), reference.embedding_forward(ids, f64(start))[1],
+                                       out=f64(start).copy())
+    assert_close(out, ref, dtype, "dweight")
+    again = dev(start)
+    K.embedding_backward(dev(dout), dev(ids), again)
+    np.testing.assert_array_equal(host(again), host(out))         # no atomics: the same bits
+    np.testing.assert_array_equal(host(out)[[2, 4]], start[[2, 4]])   # rows no id names are untouched
 
 
 # ---------------------------------------------------------------- array kinds

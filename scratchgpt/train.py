@@ -76,7 +76,7 @@ class TrainConfig:
     seed: int = 1337
     out_dir: str = "out/shakespeare-char"
     init_from: str = None
-    backend: str = "numpy"
+    backend: str = field(default_factory=lambda: backend.name)     # the active one (SCRATCHGPT_BACKEND)
     dtype: str = "float32"
     precision: str = "fp32"                  # fp32 | tf32 | bf16 (GPU matrix products, scratchgpt/precision.py)
 

@@ -17,9 +17,10 @@
 #   GPU_CHECK_STANDIN=1 bash benchmarks/gpu_check.sh    # a dry run on the CPU through the CuPy stand-in
 #                                                       # (tests/fakecupy), small sizes; the tests run it
 #
-# GPU kernels that await their first GPU run: every numba.cuda kernel in kernels/cuda.py (softmax,
-# LayerNorm, GELU, cross-entropy), the CuPy hand-off (as_cuda_array(sync=False), external_stream),
-# main's embedding backward through cupy.add.at, and the TF32 compute-type switch (precision.py).
+# Awaiting their first GPU run: every numba.cuda kernel in kernels/cuda.py (softmax, LayerNorm,
+# GELU, cross-entropy, the atomic-free embedding backward), the CuPy hand-off (as_cuda_array with
+# sync=False, external_stream), the row_stack step for numba-cuda on NumPy 2.5, cupy.add.at (the
+# reference embedding backward), and the TF32 compute-type switch (scratchgpt/precision.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

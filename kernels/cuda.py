@@ -7,6 +7,7 @@ The same functions, arguments and results as the CPU kernels beside this file, o
     gelu_forward(x, out=None) -> y                      gelu_backward(dout, x, out=None) -> dx
     cross_entropy_forward_backward(logits, targets, ignore_index, out=None) -> loss, dlogits
     embedding_backward(dout, ids, out) -> out (the (V, C) gradient, added into in place)
+    adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay, n_decay)   (flat buffers, in place)
 
 Arrays. CuPy arrays in real use: the results are CuPy arrays from CuPy's memory pool, and the
 kernels run on CuPy's current stream, so they queue behind CuPy's own work with no host
@@ -623,6 +624,49 @@ def _sort_ids(ids, V):
     host = np.where(host < 0, host + V, host)
     order = np.argsort(host, kind="stable")
     return cuda.to_device(order), cuda.to_device(host[order])
+
+
+# ---------------------------------------------------------------- AdamW
+
+# One pass over the flat buffers (a grid-stride loop), each element read once and written once:
+#   m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+#   p <- p * (1 - lr * wd)                                  only for elements i < n_decay
+#   p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+# the update of scratchgpt/optim.py's array code (about a dozen passes) in one launch.
+@_jit()
+def _adamw_step(p, g, m, v, n_decay, decay, b1, b2, step_size, inv_sqrt_bc2, eps):
+    one = p.dtype.type(1.0)
+    c1, c2 = one - b1, one - b2
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        gi = g[i]
+        mi = b1 * m[i] + c1 * gi
+        vi = b2 * v[i] + c2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        pi = p[i] * (decay if i < n_decay else one)
+        p[i] = pi - step_size * (mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps))
+
+
+def adamw_step(p, g, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, n_decay=0):
+    """Update the 1-D device buffers p, m, v in place with gradient g, for step number t (1, 2, ...).
+
+    Weight decay (decoupled, lr * weight_decay) applies to p[:n_decay] only. The scalars are
+    computed on the host and passed in p's dtype, so float32 buffers see no float64 math.
+    """
+    p = _as_float_array(p, "p", ndim=1)
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        _check_same(_as_float_array(a, name, ndim=1), p, name, "p")
+    if not 0 <= n_decay <= p.shape[0]:
+        raise ValueError(f"n_decay must be in [0, {p.shape[0]}], got {n_decay}")
+    if t < 1:
+        raise ValueError(f"the step number t counts from 1, got {t}")
+    if p.shape[0]:
+        f = p.dtype.type
+        b1, b2 = betas
+        threads = _block_size(p.shape[0], ROW_THREADS)
+        _launch(_adamw_step, _grid_blocks(p.shape[0], threads), threads, p, g, m, v, int(n_decay),
+                f(1.0 - lr * weight_decay), f(b1), f(b2), f(lr / (1.0 - b1 ** t)),
+                f(1.0 / math.sqrt(1.0 - b2 ** t)), f(eps))
 
 
 # ---------------------------------------------------------------- arrays and launches

@@ -97,6 +97,7 @@ def test_kernels_compile_for_the_gpu(monkeypatch):
             ("_gelu_forward", (A1, A1)), ("_gelu_backward", (A1, A1, A1)),
             ("_mean_loss", (D1, D1, D1)),
             ("_embedding_backward", (A2, int64[::1], int64[::1], A2)),
+            ("_adamw_step", (A1, A1, A1, A1, int64, f, f, f, f, f, f)),
         ]
         for t in (int32, int64):                                   # targets of either width
             signatures += [("_count_valid_targets", (t[::1], int64, D1)),
@@ -379,6 +380,32 @@ def test_embedding_backward_matches_the_reference_and_repeats_its_bits(K, launch
     K.embedding_backward(dev(dout), dev(ids), again)
     np.testing.assert_array_equal(host(again), host(out))         # no atomics: the same bits
     np.testing.assert_array_equal(host(out)[[2, 4]], start[[2, 4]])   # rows no id names are untouched
+
+
+# ---------------------------------------------------------------- AdamW
+
+@on_the_device
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adamw_step_matches_the_array_code(K, launch, dtype):
+    """Three steps of the kernel against scratchgpt.optim.AdamW's array code on the host."""
+    import scratchgpt as sg
+    r = np.random.default_rng(6)
+    cfg = sg.GPTConfig(vocab_size=5, context_length=3, emb_dim=4, n_heads=2, n_layers=1)
+    model = sg.GPTModel(cfg, seed=0, dtype=dtype)
+    opt = sg.AdamW(model, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    p, m, v = dev(model.flat_params), dev(np.zeros_like(model.flat_params)), dev(np.zeros_like(model.flat_params))
+    backend.use_kernels(False)                       # the array code as the reference
+    try:
+        for t in range(1, 4):
+            g = r.standard_normal(model.flat_grads.shape).astype(dtype)
+            model.flat_grads[...] = g
+            opt.step()
+            K.adamw_step(p, dev(g), m, v, t, 1e-2, (0.9, 0.95), 1e-8, 0.1, model.n_decay)
+    finally:
+        backend.use_kernels(True)
+    assert_close(p, model.flat_params, dtype, "p")
+    assert_close(m, opt.m, dtype, "m")
+    assert_close(v, opt.v, dtype, "v")
 
 
 # ---------------------------------------------------------------- array kinds

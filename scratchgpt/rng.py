@@ -15,9 +15,9 @@ The hash is SplitMix64's output function (Steele, Lea and Flood, "Fast splittabl
 pseudorandom number generators", 2014), used as a counter-based generator (as in Salmon et
 al., "Parallel random numbers: as easy as 1, 2, 3", 2011): element i of draw n is
 
-    z = key(s, n) + (i + 1) * GOLDEN                            (mod 2^64)
+    z = key(s, n) + (k + 1) * GOLDEN                            (mod 2^64),  k = i // 2
     z = (z ^ (z >> 30)) * M1;  z = (z ^ (z >> 27)) * M2;  z ^= z >> 31
-    u = (z >> 40) / 2^24                                        24 random bits, exact in float32
+    u = bits 40-63 of z / 2^24 (i even), bits 16-39 of z / 2^24 (i odd)     exact in float32
 
 and key(s, n) is the same mix applied to s and n on the host, so draws start far apart.
 """
@@ -46,12 +46,15 @@ def uniform(xp, key, shape, dtype, start=0):
     """Uniform numbers in [0, 1) of `shape` from `key`, in array code (xp: numpy or cupy).
     `start` skips that many elements of the draw (a data-parallel rank takes its rows' part).
 
-    uint64 arithmetic wraps modulo 2^64 on both libraries, so the bits are identical."""
+    Each 64-bit hash gives two numbers: bits 40-63 for element 2k and bits 16-39 for element
+    2k + 1 (half the hashing of one number per hash). uint64 arithmetic wraps modulo 2^64 on
+    both libraries, so the bits are identical."""
     u64 = xp.uint64
     n = 1
     for s in shape:
         n *= s
-    z = xp.arange(start + 1, start + n + 1, dtype=u64)    # the element counters i + 1
+    k0, k1 = start // 2, (start + n + 1) // 2             # the hashes of elements start .. start + n - 1
+    z = xp.arange(k0 + 1, k1 + 1, dtype=u64)              # the counters k + 1
     z *= u64(GOLDEN)
     z += u64(key)
     z ^= z >> u64(30)
@@ -59,7 +62,12 @@ def uniform(xp, key, shape, dtype, start=0):
     z ^= z >> u64(27)
     z *= u64(M2)
     z ^= z >> u64(31)
-    u = (z >> u64(40)).astype(dtype)                      # the top 24 bits, exact in float32
+    bits = xp.empty((k1 - k0, 2), dtype=u64)              # two 24-bit numbers per hash
+    xp.right_shift(z, u64(40), out=bits[:, 0])
+    xp.right_shift(z, u64(16), out=bits[:, 1])
+    bits[:, 1] &= u64(0xFFFFFF)
+    first = start - 2 * k0                                # 1 when the draw starts at an odd element
+    u = bits.reshape(-1)[first:first + n].astype(dtype)   # 24 bits: exact in float32
     u *= 2.0 ** -24
     return u.reshape(shape)
 

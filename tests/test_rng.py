@@ -15,8 +15,10 @@ def test_the_hash_is_splitmix64():
     # (the reference C code of Vigna's xoshiro page; the same numbers in Java's SplittableRandom)
     assert [mix64(k * GOLDEN) for k in (1, 2, 3)] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4,
                                                       0x06C45D188009454F]
-    u = uniform(np, 0, (3,), np.dtype(np.float64))                  # the array code gives the same bits
-    assert list(u * 2 ** 24) == [mix64(k * GOLDEN) >> 40 for k in (1, 2, 3)]
+    u = uniform(np, 0, (5,), np.dtype(np.float64))                  # the array code gives the same bits,
+    z = [mix64(k * GOLDEN) for k in (1, 2, 3)]                      # two 24-bit numbers per hash
+    assert list(u * 2 ** 24) == [z[0] >> 40, (z[0] >> 16) & 0xFFFFFF, z[1] >> 40, (z[1] >> 16) & 0xFFFFFF,
+                                 z[2] >> 40]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -62,3 +64,12 @@ def test_a_model_copy_continues_the_dropout_stream():
     twin = copy.deepcopy(model)
     np.testing.assert_array_equal(model(idx), twin(idx))
     assert model.rng.state_dict() == twin.rng.state_dict() and model.rng is not twin.rng
+
+
+def test_a_draw_started_part_way_is_that_slice_of_the_whole_draw():
+    """A data-parallel rank draws elements start .. start + n - 1 of the draw (odd starts too,
+    though two numbers come from each hash)."""
+    whole = uniform(np, 7, (10, 3), np.dtype(np.float64)).ravel()
+    for start, n in ((0, 5), (1, 4), (3, 3), (7, 23), (29, 1)):
+        part = uniform(np, 7, (n,), np.dtype(np.float64), start=start)
+        np.testing.assert_array_equal(part, whole[start:start + n], err_msg=f"start {start}, n {n}")

@@ -16,12 +16,13 @@ those under numba's simulator (NUMBA_ENABLE_CUDASIM=1), which runs the kernels a
 on a machine without a GPU. NumPy arrays are refused (scratchgpt.kernels has the CPU kernels),
 except cross-entropy's targets, which may come from the host.
 
-Two differences from the CPU kernels, both so that no call waits for the GPU:
+Differences from the CPU kernels, all so that no call waits for the GPU:
 - cross_entropy_forward_backward's loss is a 0-d float64 device array, not a Python float;
   float(loss) fetches it (model.loss does, the one device-to-host transfer of a training step).
 - a target outside [0, V) that is not ignore_index raises ValueError (the CPU kernel's message)
   when the targets are a NumPy array, checked on the host; in device targets, which the host
-  cannot read without waiting, it makes that row's loss and dlogits nan instead.
+  cannot read without waiting, it makes that row's loss and dlogits nan instead;
+- embedding_backward skips an id outside [-V, V) instead of raising (the model checks its ids).
 
 How the work is laid out (the CUDA programmer's usual shapes):
 - softmax, LayerNorm and cross-entropy: one thread block per row. The block's threads stride
@@ -129,14 +130,16 @@ def _probe():
     return ""
 
 
-def _jit(device=False):
+def _jit(device=False, cache=True):
     """cuda.jit, or the plain function where numba has no CUDA target (then never launched)."""
     if cuda is None:
         return lambda f: f
-    return cuda.jit(device=True, cache=True) if device else cuda.jit(cache=True)
+    return cuda.jit(device=True, cache=cache) if device else cuda.jit(cache=cache)
 
 
-@_jit()
+# not cached on disk: available() must compile it, because numba-cuda's first compile is what
+# needs numpy_row_stack_for_numba_cuda (a kernel loaded from the cache might not be)
+@_jit(cache=False)
 def _probe_kernel(x):
     i = cuda.grid(1)
     if i < x.shape[0]:

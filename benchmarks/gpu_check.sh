@@ -230,6 +230,10 @@ result "6 launches per step" "see $OUT/launches.txt"
 
 # ---------------------------------------------------------------- 7. speed and memory against torch
 section "7. benchmarks/gpu.py: ours against torch"
+if [ "$STANDIN" != 1 ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+    echo "torch has no CUDA here: ours only"
+    BENCH+=(--ours-only)
+fi
 timeout 270 "$PY" benchmarks/gpu.py "${BENCH[@]}" --json "$OUT/gpu.json" 2>&1 | grep -v RuntimeWarning | tee "$OUT/gpu.txt"
 rc=${PIPESTATUS[0]}
 [ "$rc" = 0 ] && result "7 benchmark" "PASS (table above, $OUT/gpu.json)" || result "7 benchmark" "FAIL rc=$rc"

@@ -64,3 +64,12 @@ def test_a_model_copy_continues_the_dropout_stream():
     twin = copy.deepcopy(model)
     np.testing.assert_array_equal(model(idx), twin(idx))
     assert model.rng.state_dict() == twin.rng.state_dict() and model.rng is not twin.rng
+
+
+def test_a_draw_started_part_way_is_that_slice_of_the_whole_draw():
+    """A data-parallel rank draws elements start .. start + n - 1 of the draw (odd starts too,
+    though two numbers come from each hash)."""
+    whole = uniform(np, 7, (10, 3), np.dtype(np.float64)).ravel()
+    for start, n in ((0, 5), (1, 4), (3, 3), (7, 23), (29, 1)):
+        part = uniform(np, 7, (n,), np.dtype(np.float64), start=start)
+        np.testing.assert_array_equal(part, whole[start:start + n], err_msg=f"start {start}, n {n}")

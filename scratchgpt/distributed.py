@@ -19,6 +19,7 @@ MPI broadcasts it).
 """
 import os
 import sys
+import time
 
 # The launchers' "how many ranks" variables: MPICH / Intel MPI (Hydra) and Open MPI.
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
@@ -130,6 +131,7 @@ class World:
         if self.size > 1:
             sys.stdout.flush()
             sys.stderr.flush()
+            time.sleep(0.5)           # let the launcher pass on what this rank printed last
             self.comm.Abort(code)
 
     # -- GPUs

@@ -42,8 +42,10 @@ def draw_key(seed, draw):
     return mix64(mix64(seed * GOLDEN + 1) + draw * GOLDEN)
 
 
-def uniform(xp, key, shape, dtype):
-    """Uniform numbers in [0, 1) of `shape` from `key`, in array code (xp: numpy or cupy).
+def uniform(xp, key, shape, dtype, start=0):
+    """Uniform numbers in [0, 1) of `shape` from `key`, in array code (xp: numpy or cupy):
+    elements start ... start + size - 1 of the draw (a data-parallel rank takes its rows' part,
+    scratchgpt/distributed.py; 0 for a whole draw).
 
     Each 64-bit hash gives two numbers: bits 40-63 for element 2k and bits 16-39 for element
     2k + 1 (half the hashing of one number per hash). uint64 arithmetic wraps modulo 2^64 on
@@ -52,8 +54,9 @@ def uniform(xp, key, shape, dtype):
     n = 1
     for s in shape:
         n *= s
-    m = (n + 1) // 2
-    z = xp.arange(1, m + 1, dtype=u64)                    # the counters k + 1
+    first, last = start // 2, (start + n + 1) // 2        # the hashes k that cover those elements
+    m = last - first
+    z = xp.arange(first + 1, last + 1, dtype=u64)         # the counters k + 1
     z *= u64(GOLDEN)
     z += u64(key)
     z ^= z >> u64(30)
@@ -65,7 +68,7 @@ def uniform(xp, key, shape, dtype):
     xp.right_shift(z, u64(40), out=bits[:, 0])
     xp.right_shift(z, u64(16), out=bits[:, 1])
     bits[:, 1] &= u64(0xFFFFFF)
-    u = bits.reshape(-1)[:n].astype(dtype)                # 24 bits: exact in float32
+    u = bits.reshape(-1)[start % 2:start % 2 + n].astype(dtype)   # 24 bits: exact in float32
     u *= 2.0 ** -24
     return u.reshape(shape)
 

@@ -64,3 +64,11 @@ def test_a_model_copy_continues_the_dropout_stream():
     twin = copy.deepcopy(model)
     np.testing.assert_array_equal(model(idx), twin(idx))
     assert model.rng.state_dict() == twin.rng.state_dict() and model.rng is not twin.rng
+
+
+@pytest.mark.parametrize("start,n", [(0, 7), (1, 6), (2, 5), (3, 4), (5, 1)])
+def test_a_slice_of_a_draw_is_the_same_numbers_as_the_whole_draw(start, n):
+    # a data-parallel rank draws only its rows' part of a draw (scratchgpt/distributed.py)
+    whole = uniform(np, draw_key(3, 4), (8,), np.dtype(np.float64))
+    part = uniform(np, draw_key(3, 4), (n,), np.dtype(np.float64), start=start)
+    np.testing.assert_array_equal(part, whole[start:start + n])

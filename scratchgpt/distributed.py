@@ -12,6 +12,10 @@ and AdamW do the same arithmetic everywhere and the weights stay identical witho
     world.sum_(model.flat_grads)           # in place: the sum over the ranks
     loss, = world.sum_floats(loss)         # small numbers (losses, flags) through MPI
 
+Dropout masks are each rank's rows of the masks one process draws (RowsDropoutRNG), so a run
+equals the one-process run up to the order of sums, dropout included. ZeroAdamW (--zero1)
+keeps only a 1/N slice of AdamW's state on each rank (ZeRO stage 1).
+
 A single process needs no MPI: mpi4py is imported only when the launcher's environment says
 there are several ranks. NumPy arrays go through MPI's Allreduce; CuPy arrays (--backend cupy)
 through NCCL, whose communicator is set up over MPI as llm.c does (rank 0 makes the unique id,
@@ -19,6 +23,7 @@ MPI broadcasts it).
 """
 import os
 import sys
+import time
 
 # The launchers' "how many ranks" variables: MPICH / Intel MPI (Hydra) and Open MPI.
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
@@ -130,6 +135,7 @@ class World:
         if self.size > 1:
             sys.stdout.flush()
             sys.stderr.flush()
+            time.sleep(0.5)           # let the launcher pass on what this rank printed last
             self.comm.Abort(code)
 
     # -- GPUs

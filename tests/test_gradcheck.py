@@ -121,3 +121,12 @@ def ops_kind(request):
     backend.use_kernels(request.param == "fast")
     yield request.param
     backend.use_kernels(was_on)
+
+
+def test_gelu_defaults_to_gpt2s_tanh_approximation():
+    x = np.linspace(-4, 4, 17)
+    out, cache = ops.gelu_forward(x)
+    np.testing.assert_array_equal(out, ops.gelu_forward(x, "tanh")[0])
+    assert not np.allclose(out, ops.gelu_forward(x, "none")[0], rtol=0, atol=1e-6)
+    dout = np.ones_like(x)
+    np.testing.assert_array_equal(ops.gelu_backward(dout, cache), ops.gelu_backward(dout, cache, "tanh"))

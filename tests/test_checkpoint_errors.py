@@ -119,6 +119,7 @@ def test_a_checkpoint_without_tokenizer_or_optimizer_loads_with_none(tmp_path):
     checkpoint.save(tmp_path / "bare.npz", model)
     ck = checkpoint.load(tmp_path / "bare.npz")
     assert ck.tokenizer is None and ck.optimizer_state is None and ck.train_state is None
+    assert ck.meta["format"] == "scratchgpt-checkpoint-v1" and ck.meta["dtype"] == "float32"
     idx = np.array([[1, 2, 3]])
     np.testing.assert_array_equal(ck.model.eval()(idx), model.eval()(idx))
 

@@ -94,3 +94,39 @@ def test_multihead_attention_forward_applies_its_dropout():
     plain, _ = ops.multihead_attention_forward(x, wa, ba, wp, bp, H)
     assert not np.allclose(out, plain)                      # dropout did something
     np.testing.assert_array_equal(plain, ops.linear_forward(ops.attention_forward(qkv, H)[0], wp, bp)[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cross_entropy_is_stable_for_huge_logits_of_different_rows(ops_kind, dtype):
+    """Each row is shifted by its own max before exp: rows at +-1000 (float32: +-80) neither
+    overflow nor lose the smaller row, and loss and gradient match torch."""
+    chosen = backend.ops
+    big = 1000.0 if dtype == np.float64 else 80.0
+    r = np.random.default_rng(9)
+    logits = (r.standard_normal((2, 3, 5)) + np.array([big, -big])[:, None, None]).astype(dtype)
+    targets = r.integers(0, 5, (2, 3))
+    loss, cache = chosen.cross_entropy_forward(logits, targets)
+    dlogits = chosen.cross_entropy_backward(1.0, cache)
+    lt = torch.tensor(logits.astype(np.float64), requires_grad=True)
+    ref = F.cross_entropy(lt.reshape(-1, 5), torch.tensor(targets).reshape(-1))
+    ref.backward()
+    assert np.isfinite(loss)
+    assert rel_err(np.array(loss), ref) <= TOL[dtype]
+    assert rel_err(dlogits, lt.grad) <= TOL[dtype]
+
+
+@pytest.fixture(params=["reference", "fast"])
+def ops_kind(request):
+    was_on = backend.ops is not ops
+    backend.use_kernels(request.param == "fast")
+    yield request.param
+    backend.use_kernels(was_on)
+
+
+def test_gelu_defaults_to_gpt2s_tanh_approximation():
+    x = np.linspace(-4, 4, 17)
+    out, cache = ops.gelu_forward(x)
+    np.testing.assert_array_equal(out, ops.gelu_forward(x, "tanh")[0])
+    assert not np.allclose(out, ops.gelu_forward(x, "none")[0], rtol=0, atol=1e-6)
+    dout = np.ones_like(x)
+    np.testing.assert_array_equal(ops.gelu_backward(dout, cache), ops.gelu_backward(dout, cache, "tanh"))

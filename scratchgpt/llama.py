@@ -308,6 +308,11 @@ class Llama3Model:
     frozen, trainable_names = GPTModel.frozen, GPTModel.trainable_names
     _check_ids, _check_targets, loss = GPTModel._check_ids, GPTModel._check_targets, GPTModel.loss
 
+    def with_extra_params(self, shapes):
+        """What fine-tuning (chapter 6's head, appendix E's LoRA) builds on: not written for Llama 3 / Qwen3."""
+        raise ValueError(f"fine-tuning with a classification head or LoRA runs on GPT-2 models only; this is a "
+                         f"{type(self).__name__} (adding {sorted(shapes)[:2]})")
+
     def forward(self, idx, kv_cache=None):
         """(B, T) token ids -> (B, T, vocab_size) logits; keeps what backward needs. With a
         KVCache (generation) the tokens follow the kv_cache.length ones it holds."""

@@ -200,3 +200,12 @@ def test_chat_and_serve_take_a_qwen3_model():
     assert len(tok.encode(reply)) <= 5 and out.getvalue().startswith(reply[:1])
     app = ChatApp(m, tok, False, max_new_tokens=5, name="qwen3")
     assert app.info()["parameters"] == m.num_parameters() and app.info()["context_length"] == 32
+
+
+def test_fine_tuning_says_it_is_gpt2_only():
+    from scratchgpt.classifier import add_classification_head
+    from scratchgpt.lora import add_lora
+    with pytest.raises(ValueError, match="GPT-2 models only; this is a Qwen3Model"):
+        add_classification_head(tiny(sg.Qwen3Model), 2)
+    with pytest.raises(ValueError, match="GPT-2 models only; this is a Llama3Model"):
+        add_lora(tiny(), rank=2)

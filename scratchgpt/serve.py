@@ -2,6 +2,7 @@
 
     scratchgpt serve --out-dir out/sft              # an instruction-tuned run answers in turns
     scratchgpt serve --gpt2-dir gpt2 --port 8080    # GPT-2 itself continues the text
+    scratchgpt serve --hf-dir Qwen3-0.6B            # so does a Llama 3 or Qwen3 Hugging Face folder
     # then open http://127.0.0.1:8000 (or the port given)
 
 The page (scratchgpt/assets/chat.html, one self-contained file: no CDN, works offline) sends

@@ -128,3 +128,13 @@ def test_lab_weights_of_one_of_our_runs_compares_with_its_iteration_zero(tmp_pat
     rows = {r["label"]: r for r in res["rows"]}
     assert rows["H0 L1 weight"]["before_std"] == 0.0                       # the run's own init: ones
     assert 0 < rows["H1 q weight"]["rel_change"] < 1
+
+
+def test_lab_weights_refuses_a_model_that_is_not_gpt2(tmp_path):
+    from scratchgpt import checkpoint
+    from scratchgpt.tokenizer import CharTokenizer
+    model = sg.Qwen3Model(sg.Qwen3Config(vocab_size=5, context_length=8, emb_dim=8, n_heads=2, n_layers=1,
+                                         hidden_dim=8, head_dim=4, n_kv_groups=1))
+    checkpoint.save(tmp_path / "q.npz", model, CharTokenizer.from_text("abcde"))
+    with pytest.raises(ValueError, match="lab weights reads GPT-2 models; .* holds a Qwen3Model"):
+        gpt2_weights_lab(tmp_path / "rep", out_dir=str(tmp_path / "q.npz"))

@@ -81,6 +81,8 @@ def load_before_after(gpt2_dir=None, out_dir=None, seed=0):
     from scratchgpt.lora import merge_lora
     path = out_dir if out_dir.endswith(".npz") else os.path.join(out_dir, "ckpt_latest.npz")
     after, _, it = load_model(path)
+    if not isinstance(after, sg.GPTModel):
+        raise ValueError(f"lab weights reads GPT-2 models; {path} holds a {type(after).__name__}")
     after = merge_lora(after)                    # a LoRA run's weights are W + (alpha / r) A B
     try:
         first_it, first = list_checkpoints(out_dir)[0]

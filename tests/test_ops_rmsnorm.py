@@ -27,7 +27,11 @@ def test_rmsnorm_matches_torch(dtype, shape, eps):
     ref.backward(torch.tensor(dout, dtype=torch.float64))
     assert out.dtype == dx.dtype == dw.dtype == dtype
     assert_close(out, ref, dtype, "forward")
-    assert_close(dx, xt.grad, dtype, "dx")
+    if shape[-1] > 1 or dtype == np.float64:
+        assert_close(dx, xt.grad, dtype, "dx")
+    else:   # C = 1: dx = w g rstd (1 - x^2 rstd^2) = w g eps rstd^3, a difference of two terms equal
+            # to ~1e-5 relative, which float32 cannot resolve; compare against the size of those terms
+        np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-4 * np.abs(dout * w / np.abs(x)).max())
     assert_close(dw, wt.grad, dtype, "dweight")
 
 

@@ -1,6 +1,7 @@
 """kernels/cuda.py's available(): it tells the truth (a trivial kernel must compile and run),
 survives numba-cuda's numpy.row_stack registration on NumPy 2.5, and backend warns once when
 CuPy arrays cannot get the numba.cuda kernels."""
+import sys
 import warnings
 
 import numpy as np
@@ -55,6 +56,7 @@ def test_available_compiles_a_kernel_through_the_row_stack_step(fresh, monkeypat
         monkeypatch.delattr(np, "row_stack")
     fake = NumbaCudaOnNumpy25()
     monkeypatch.setattr(K, "cuda", fake)
+    monkeypatch.setitem(sys.modules, "cupy", None)   # the fake cannot take CuPy arrays: probe numba's only
     monkeypatch.setattr(K, "_probe_kernel", {(2, 32): fake.launch})
     assert K.available() is True and K.why_unavailable == ""
     assert fake.compiled and not hasattr(np, "row_stack")

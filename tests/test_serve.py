@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from scratchgpt import serve
 from scratchgpt.chat import Chat, load_chat_model
 from scratchgpt.serve import ChatApp, make_server
 
@@ -123,8 +124,12 @@ def test_one_conversation_per_session_and_reset(server):
     assert len(request(server, "GET", "/api/history?session=tab-b")[1]["turns"]) == 1
 
 
-def test_requests_queue_and_two_replies_never_mix(server):
+def test_requests_queue_and_two_replies_never_mix(server, monkeypatch):
     app = server.app
+    written = []                                   # (server thread, text) in the order the server sent tokens
+    real_write = serve._EventWriter.write
+    monkeypatch.setattr(serve._EventWriter, "write",
+                        lambda self, text: (written.append((threading.get_ident(), text)), real_write(self, text))[1])
     blocker = app.queue.take()                     # hold the model: both requests must wait their turn
     results = {}
 
@@ -150,10 +155,13 @@ def test_requests_queue_and_two_replies_never_mix(server):
     for events in (one, two):
         tokens = "".join(d["text"] for e, d, _ in events if e == "token")
         assert tokens.rstrip("\n") == events[-1][1]["reply"]
-    # one at a time: every token of the first reply arrived before any token of the second
-    last_one = max(t for e, _, t in one if e == "token")
-    first_two = min(t for e, _, t in two if e == "token")
-    assert last_one < first_two
+    # one at a time: the server sent every token of one reply before any of the other (judged by the
+    # order of the server's writes, not by when the client threads read them, which a loaded machine
+    # can delay), and the first request's reply came first
+    threads = [t for t, _ in written]
+    runs = [t for i, t in enumerate(threads) if i == 0 or t != threads[i - 1]]
+    assert len(runs) == 2, f"the replies interleaved: {len(runs)} runs of tokens"
+    assert "".join(text for t, text in written if t == runs[0]).rstrip("\n") == one[-1][1]["reply"]
     assert app.sessions["one"].history[0][1] == one[-1][1]["reply"]
 
 

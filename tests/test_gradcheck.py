@@ -130,3 +130,21 @@ def test_gelu_defaults_to_gpt2s_tanh_approximation():
     assert not np.allclose(out, ops.gelu_forward(x, "none")[0], rtol=0, atol=1e-6)
     dout = np.ones_like(x)
     np.testing.assert_array_equal(ops.gelu_backward(dout, cache), ops.gelu_backward(dout, cache, "tanh"))
+
+
+def test_softmax_shifts_each_row_by_its_own_max():
+    x = np.array([[1000.0, 999.0, 998.0], [-1000.0, -1001.0, -1003.0]])
+    probs, _ = ops.softmax_forward(x)
+    ref = torch.softmax(torch.tensor(x), dim=-1).numpy()
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs, ref, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_embedding_gradients_keep_the_tables_dtype(dtype):
+    ids = np.array([[0, 2, 2]])
+    w = np.ones((4, 3), dtype=dtype)
+    _, cache = ops.embedding_forward(ids, w)
+    dw = ops.embedding_backward(np.ones((1, 3, 3), dtype=dtype), cache)
+    assert dw.dtype == dtype
+    np.testing.assert_array_equal(dw[:, 0], [1, 0, 2, 0])

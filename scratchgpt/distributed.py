@@ -279,12 +279,18 @@ def nccl_communicator(world):
     rank 0 makes NCCL's unique id, MPI broadcasts it, every rank joins with it."""
     import numpy
     from cupy.cuda import nccl
-    uid = numpy.zeros(128, dtype=numpy.int64)           # NCCL_UNIQUE_ID_BYTES of it
+    # The id is NCCL_UNIQUE_ID_BYTES = 128 bytes: CuPy 14 hands it over as bytes, older CuPy as a
+    # tuple of 128 small ints; either way it travels as 128 bytes and goes back in the same form.
+    buf = numpy.zeros(129, dtype=numpy.uint8)          # the id, then 1 if it came as bytes
     if world.rank == 0:
-        uid[:] = nccl.get_unique_id()
+        made = nccl.get_unique_id()
+        buf[128] = isinstance(made, (bytes, bytearray))
+        buf[:128] = numpy.frombuffer(bytes(made), numpy.uint8) if buf[128] else numpy.array(made, numpy.int64) % 256
     if world.comm is not None:
-        world.comm.Bcast(uid, root=0)
-    return nccl.NcclCommunicator(world.size, tuple(int(v) for v in uid), world.rank)
+        world.comm.Bcast(buf, root=0)
+    uid = buf[:128]
+    comm_id = uid.tobytes() if buf[128] else tuple(int(v) if v < 128 else int(v) - 256 for v in uid)
+    return nccl.NcclCommunicator(world.size, comm_id, world.rank)
 
 
 _world = None

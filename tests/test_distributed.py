@@ -297,17 +297,6 @@ def test_ignored_targets_are_weighted_so_the_gradient_is_the_whole_batch_mean(fo
     assert max(errors.values()) < 1e-12, errors
 
 
-def test_the_nccl_path_sums_on_the_gpu_in_a_world_of_one():
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'scratchgpt[gpu]')")
-    if not cupy.cuda.is_available():
-        pytest.skip("no CUDA GPU is visible to CuPy")
-    world = distributed.World()
-    x = cupy.arange(10, dtype=cupy.float32)
-    world._nccl = distributed.nccl_communicator(world)
-    world._nccl_sum_(x)
-    np.testing.assert_array_equal(cupy.asnumpy(x), np.arange(10, dtype=np.float32))
-
-
 def test_under_mpiexec_each_rank_gets_its_share_of_the_cores(monkeypatch):
     names = distributed.THREAD_VARS + distributed.SIZE_VARS + distributed.LOCAL_SIZE_VARS
     for name in names:                        # recorded, so the test leaves the environment as it was

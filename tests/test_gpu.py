@@ -217,3 +217,15 @@ def test_tf32_training_follows_the_fp32_loss_curve():
     worst = max(abs(a - b) / abs(b) for a, b in zip(tf32, fp32))
     assert worst <= PRECISION_RTOL, f"tf32 left the fp32 loss curve by {worst:.2e} (relative)"
     assert fp32[-1] < 0.7 * fp32[0]                     # and the curve itself fell: the model learned
+
+
+def test_the_nccl_path_sums_on_the_gpu_in_a_world_of_one():
+    """Data parallelism on GPUs sums gradients through NCCL (scratchgpt/distributed.py); a world of
+    one rank needs no mpiexec, so it runs wherever a GPU does."""
+    pytest.importorskip("cupy.cuda.nccl", reason="this CuPy has no NCCL (the CPU stand-in has none)")
+    from scratchgpt import distributed
+    world = distributed.World()
+    x = cupy.arange(10, dtype=cupy.float32)
+    world._nccl = distributed.nccl_communicator(world)
+    world._nccl_sum_(x)
+    np.testing.assert_array_equal(cupy.asnumpy(x), np.arange(10, dtype=np.float32))

@@ -435,7 +435,8 @@ def machine_info(threads):
     import numpy as np
     import torch
 
-    import scratchgpt  # noqa: F401  (picks numba's threading layer, as it does in our worker)
+    import scratchgpt
+    scratchgpt.backend.tune_threads()      # what our worker's first op does: numba's threading layer
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:

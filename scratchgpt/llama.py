@@ -18,12 +18,11 @@ LlamaForCausalLM / Qwen3ForCausalLM exactly: linear weights are (out, in) as nn.
 them (GPT-2's checkpoints are (in, out) because HF GPT-2 uses Conv1D), so a forward is x @ W^T.
 """
 from dataclasses import asdict, dataclass, field, fields
-from typing import NamedTuple
 
 import numpy  # host-side only: the seeded init and the rotary tables
 
 from scratchgpt import backend
-from scratchgpt.model import Embedding, GPTModel, Layer, Linear
+from scratchgpt.model import Embedding, GPTModel, KVCache, Layer, Linear
 from scratchgpt.ops.rope import rope_cos_sin, rope_inv_freq
 from scratchgpt.params import ParamBuffer
 from scratchgpt.rng import DropoutRNG
@@ -169,7 +168,7 @@ class GroupedQueryAttention:
         self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.n_kv_groups, cfg.head_dim
 
     def forward(self, x, kv=None):
-        """x (B, T, C); kv: this block's KVCache.Block (generation) or None (training)."""
+        """x (B, T, C); kv: this block's model.KVCache.Block (generation) or None (training)."""
         ops = backend.ops
         B, T, _ = x.shape
         start = 0 if kv is None else kv.start                                     # position of x[:, 0]
@@ -227,26 +226,6 @@ class TransformerBlock:
         return d + self.norm1.backward(self.att.backward(d))
 
 
-class KVCache:
-    """Keys (after RoPE) and values of every block for the tokens seen so far: per block two
-    (B, n_kv_groups, context_length, head_dim) buffers, as GPTModel's KVCache (model.py)."""
-
-    class Block(NamedTuple):
-        k: object            # (B, KV, context_length, hd)
-        v: object
-        start: int           # how many tokens the buffers hold before this forward
-
-    def __init__(self, model, batch_size):
-        cfg, xp = model.cfg, backend.array_module(model.flat_params)
-        shape = (batch_size, cfg.n_kv_groups, cfg.context_length, cfg.head_dim)
-        self.k = [xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layers)]
-        self.v = [xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layers)]
-        self.length = 0
-
-    def block(self, i):
-        return KVCache.Block(self.k[i], self.v[i], self.length)
-
-
 # ---- the model ---------------------------------------------------------------------------
 class Llama3Model:
     """token embedding -> n_layers TransformerBlocks -> final RMSNorm -> head (tied or lm_head).
@@ -300,7 +279,9 @@ class Llama3Model:
 
     def kv_cache(self, batch_size):
         """An empty KVCache for `batch_size` sequences: pass it to forward, chunk after chunk."""
-        return KVCache(self, batch_size)
+        cfg = self.cfg      # keys and values per key/value group: (B, n_kv_groups, context_length, head_dim)
+        return KVCache(cfg.n_layers, (batch_size, cfg.n_kv_groups, cfg.context_length, cfg.head_dim),
+                       self.dtype, backend.array_module(self.flat_params))
 
     # the same modes, parameter bookkeeping, input checks and loss as GPTModel
     train, eval, num_parameters, zero_grad = GPTModel.train, GPTModel.eval, GPTModel.num_parameters, GPTModel.zero_grad

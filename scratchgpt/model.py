@@ -209,19 +209,17 @@ class FeedForward:
 
 class KVCache:
     """Keys and values of every block for the tokens seen so far (generation, chapter 4's KV
-    cache): per block two (B, H, context_length, hd) buffers; `length` tokens are filled in."""
+    cache): per block two buffers of `shape` (B, heads, context_length, head_dim); `length`
+    tokens are filled in. A model makes its own with model.kv_cache(batch_size)."""
 
     class Block(NamedTuple):
-        k: object            # (B, H, context_length, hd)
+        k: object            # (B, heads, context_length, hd)
         v: object
         start: int           # how many tokens the buffers hold before this forward
 
-    def __init__(self, model, batch_size):
-        cfg = model.cfg
-        xp = backend.array_module(model.flat_params)
-        shape = (batch_size, cfg.n_heads, cfg.context_length, cfg.emb_dim // cfg.n_heads)
-        self.k = [xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layers)]
-        self.v = [xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layers)]
+    def __init__(self, n_layers, shape, dtype, xp):
+        self.k = [xp.zeros(shape, dtype=dtype) for _ in range(n_layers)]
+        self.v = [xp.zeros(shape, dtype=dtype) for _ in range(n_layers)]
         self.length = 0
 
     def block(self, i):
@@ -386,7 +384,9 @@ class GPTModel:
 
     def kv_cache(self, batch_size):
         """An empty KVCache for `batch_size` sequences: pass it to forward, chunk after chunk."""
-        return KVCache(self, batch_size)
+        cfg = self.cfg
+        return KVCache(cfg.n_layers, (batch_size, cfg.n_heads, cfg.context_length, cfg.emb_dim // cfg.n_heads),
+                       self.dtype, backend.array_module(self.flat_params))
 
     # -- modes
     def train(self, mode=True):

@@ -27,11 +27,11 @@ import math
 import os
 
 import numpy
-from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import MaxNLocator
 
 from scratchgpt.analysis.common import (md_table, new_figure, save_figure, tight_layout, use_numpy_backend,
                                         write_csv, write_json)
-from scratchgpt.analysis.weights import head_slices, tensor_stats
+from scratchgpt.analysis.weights import head_slices, overlaid_hist, tensor_stats
 
 GAUSSIAN_BEYOND_3STD = 0.0027          # P(|x - mean| > 3 std) for a normal distribution
 TAIL_Z = 6.0                           # excess kurtosis in standard errors (sqrt(24/n)) for "heavy tails"
@@ -221,25 +221,6 @@ def observations(rows, head_rows):
 
 
 # ---- figures -------------------------------------------------------------------------------
-def _hist(ax, after, before, title, bins=60):
-    """After (filled) over before (outline), log counts, on shared bins."""
-    after = numpy.asarray(after, dtype=numpy.float64).ravel()
-    before = numpy.asarray(before, dtype=numpy.float64).ravel()
-    lo, hi = min(after.min(), before.min()), max(after.max(), before.max())
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = numpy.linspace(lo, hi, bins + 1)
-    ax.hist(after, edges, histtype="stepfilled", color="tab:blue", alpha=0.7, label="after")
-    ax.hist(before, edges, histtype="step", color="black", lw=1, label="before")
-    ax.set_title(title, fontsize=8)
-    ax.tick_params(labelsize=6)
-    ax.set_yscale("log")
-    # few ticks: matplotlib's default log locators make laying out many panels slow
-    ax.yaxis.set_major_locator(LogLocator(numticks=4))
-    ax.yaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_locator(MaxNLocator(4))
-
-
 def draw_study(P0, P1, cfg, blocks, path):
     """The study's figure: a row per chosen block (L1 weight, L1 bias, L2 weight, L2 bias), then FL."""
     fig = new_figure(2.6 * 4, 1.9 * (len(blocks) + 1) + 0.6)
@@ -248,10 +229,10 @@ def draw_study(P0, P1, cfg, blocks, path):
         for col, (short, name) in enumerate([("L1 weight", "ln_1.weight"), ("L1 bias", "ln_1.bias"),
                                              ("L2 weight", "ln_2.weight"), ("L2 bias", "ln_2.bias")]):
             k = f"transformer.h.{b}.{name}"
-            _hist(axes[row, col], backend_numpy(P1[k]), backend_numpy(P0[k]), f"H{b} {short}")
+            overlaid_hist(axes[row, col], backend_numpy(P1[k]), backend_numpy(P0[k]), f"H{b} {short}")
     for col, part in enumerate(("weight", "bias")):
         k = f"transformer.ln_f.{part}"
-        _hist(axes[-1, col], backend_numpy(P1[k]), backend_numpy(P0[k]), f"FL {part}")
+        overlaid_hist(axes[-1, col], backend_numpy(P1[k]), backend_numpy(P0[k]), f"FL {part}")
     for ax in axes[-1, 2:]:
         ax.set_visible(False)
     axes[0, 0].legend(fontsize=6)
@@ -268,7 +249,7 @@ def draw_block(P0, P1, cfg, block, path):
     fig = new_figure(2.6 * cols, 2.0 * 2 + 0.6)
     axes = fig.subplots(2, cols, squeeze=False).ravel()
     for ax, (short, a, a0) in zip(axes, pairs):
-        _hist(ax, backend_numpy(a), backend_numpy(a0), f"H{block} {short}")
+        overlaid_hist(ax, backend_numpy(a), backend_numpy(a0), f"H{block} {short}")
     for ax in axes[len(pairs):]:
         ax.set_visible(False)
     axes[0].legend(fontsize=6)
@@ -285,7 +266,7 @@ def draw_heads(P0, P1, cfg, block, path):
     for label, (k, sel) in head_slices(cfg, block).items():
         head, part = label.split(".")[1:]
         h, col = int(head[len("head"):]), ["q", "k", "v", "c_proj"].index(part)
-        _hist(axes[h, col], backend_numpy(P1[k][sel]), backend_numpy(P0[k][sel]), f"H{block} {head} {part}")
+        overlaid_hist(axes[h, col], backend_numpy(P1[k][sel]), backend_numpy(P0[k][sel]), f"H{block} {head} {part}")
     fig.suptitle(f"block {block}: each attention head's weights, before (outline) and after (filled)")
     tight_layout(fig)
     save_figure(fig, path)

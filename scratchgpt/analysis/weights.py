@@ -67,6 +67,26 @@ def _group(name):
     return "head"
 
 
+def overlaid_hist(ax, after, before, title, bins=60, labels=("after", "before")):
+    """`after` (filled) over `before` (black outline) on shared bins, log counts: how a weight
+    tensor's distribution moved in training."""
+    after = numpy.asarray(after, dtype=numpy.float64).ravel()
+    before = numpy.asarray(before, dtype=numpy.float64).ravel()
+    lo, hi = min(after.min(), before.min()), max(after.max(), before.max())
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = numpy.linspace(lo, hi, bins + 1)
+    ax.hist(after, edges, histtype="stepfilled", color="tab:blue", alpha=0.7, label=labels[0])
+    ax.hist(before, edges, histtype="step", color="black", lw=1, label=labels[1])
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=6)
+    ax.set_yscale("log")
+    # few ticks: matplotlib's default log locators make laying out dozens of panels very slow
+    ax.yaxis.set_major_locator(LogLocator(numticks=4))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_locator(MaxNLocator(4))
+
+
 def weight_distributions(run_dir, out_dir, init=None, trained=None, name="weights", bins=60):
     """Compare `init` (default: the run's iter_000000 checkpoint) with `trained` (default: its
     last checkpoint); both may be checkpoint paths or GPTModels. Writes <name>.csv (per tensor),
@@ -95,22 +115,6 @@ def weight_distributions(run_dir, out_dir, init=None, trained=None, name="weight
     write_csv(os.path.join(out_dir, f"{name}.csv"), rows, COLUMNS)
     write_csv(os.path.join(out_dir, f"{name}_heads.csv"), head_rows, COLUMNS)
 
-    def hist(ax, w, w0, title):
-        w, w0 = numpy.asarray(w, dtype=float).ravel(), numpy.asarray(w0, dtype=float).ravel()
-        lo, hi = min(w.min(), w0.min()), max(w.max(), w0.max())
-        if hi <= lo:
-            lo, hi = lo - 0.5, hi + 0.5
-        edges = numpy.linspace(lo, hi, bins + 1)
-        ax.hist(w, edges, histtype="stepfilled", color="tab:blue", alpha=0.7, label="trained")
-        ax.hist(w0, edges, histtype="step", color="black", lw=1, label="init")
-        ax.set_title(title, fontsize=8)
-        ax.tick_params(labelsize=6)
-        ax.set_yscale("log")
-        # few ticks: the default log locators make laying out dozens of panels very slow
-        ax.yaxis.set_major_locator(LogLocator(numticks=4))
-        ax.yaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_locator(MaxNLocator(4))
-
     # per layer: attention q/k/v/c_proj and the MLP's c_fc/c_proj
     parts = [("q", lambda p, l, C: p[f"transformer.h.{l}.attn.c_attn.weight"][:, :C]),
              ("k", lambda p, l, C: p[f"transformer.h.{l}.attn.c_attn.weight"][:, C:2 * C]),
@@ -123,7 +127,8 @@ def weight_distributions(run_dir, out_dir, init=None, trained=None, name="weight
     axes = fig.subplots(cfg.n_layers, len(parts), squeeze=False)
     for l in range(cfg.n_layers):
         for j, (label, get) in enumerate(parts):
-            hist(axes[l, j], get(P1, l, C), get(P0, l, C), f"block {l} {label}")
+            overlaid_hist(axes[l, j], get(P1, l, C), get(P0, l, C), f"block {l} {label}", bins,
+                          labels=("trained", "init"))
     axes[0, 0].legend(fontsize=6)
     fig.suptitle(f"weights per layer: trained (iter {it}, filled) over init (black outline), log counts")
     tight_layout(fig)
@@ -137,7 +142,8 @@ def weight_distributions(run_dir, out_dir, init=None, trained=None, name="weight
         for label, (k, sel) in head_slices(cfg, l).items():
             h = int(label.split(".head")[1].split(".")[0])
             j = ["q", "k", "v", "c_proj"].index(label.rsplit(".", 1)[1])
-            hist(axes[l * H + h, j], P1[k][sel], P0[k][sel], f"block {l} head {h} {label.rsplit('.', 1)[1]}")
+            overlaid_hist(axes[l * H + h, j], P1[k][sel], P0[k][sel], f"block {l} head {h} {label.rsplit('.', 1)[1]}",
+                          bins, labels=("trained", "init"))
     fig.suptitle("weights per attention head: trained (filled) over init (outline)")
     tight_layout(fig)
     save_figure(fig, os.path.join(out_dir, f"{name}_heads.png"))
@@ -149,8 +155,9 @@ def weight_distributions(run_dir, out_dir, init=None, trained=None, name="weight
     fig = new_figure(2.8 * len(fin), 2.6)
     axes = fig.subplots(1, len(fin), squeeze=False)[0]
     for ax, k in zip(axes, fin):
-        hist(ax, P1[k], P0[k], k.replace("transformer.", "") + (" (= head, tied)" if k.endswith("wte.weight")
-                                                                  and cfg.tie_weights else ""))
+        overlaid_hist(ax, P1[k], P0[k], k.replace("transformer.", "") + (" (= head, tied)" if k.endswith("wte.weight")
+                                                                           and cfg.tie_weights else ""),
+                      bins, labels=("trained", "init"))
     tight_layout(fig)
     save_figure(fig, os.path.join(out_dir, f"{name}_final.png"))
     result = {"name": name, "iter": it, "rows": rows, "head_rows": head_rows}

@@ -81,6 +81,7 @@ def test_kernels_compile_for_the_gpu(monkeypatch):
         pytest.skip("no NVVM (the CUDA compiler) here")
     from numba import float32, float64, int32, int64
     from scratchgpt.kernels import cuda as KC
+    from scratchgpt.kernels import cuda_step as KS
     if not cuda.is_available():            # device functions ask the current GPU for its compute capability
         if not hasattr(dispatcher, "get_current_device"):
             pytest.skip("this numba.cuda has another layout")
@@ -103,7 +104,8 @@ def test_kernels_compile_for_the_gpu(monkeypatch):
             signatures += [("_count_valid_targets", (t[::1], int64, D1)),
                            ("_cross_entropy_rows", (A2, t[::1], int64, D1, A2, D1))]
         for name, sig in signatures:
-            ptx, _ = cuda.compile_ptx(getattr(KC, name).py_func, sig, cc=(9, 0))
+            kernel = getattr(KC, name, None) or getattr(KS, name)         # cuda.py, or cuda_step.py
+            ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
             assert ".entry" in ptx, name
             if name.startswith("_gelu") and f == float32:          # float32 GELU: no float64 math at all
                 assert ".f64" not in ptx, f"{name} does float64 arithmetic on float32 data"

@@ -17,19 +17,19 @@ gradient clipping and checkpoints work unchanged. Names and shapes are Hugging F
 LlamaForCausalLM / Qwen3ForCausalLM exactly: linear weights are (out, in) as nn.Linear keeps
 them (GPT-2's checkpoints are (in, out) because HF GPT-2 uses Conv1D), so a forward is x @ W^T.
 """
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy  # host-side only: the seeded init and the rotary tables
 
 from scratchgpt import backend
-from scratchgpt.model import Embedding, GPTModel, KVCache, Layer, Linear
+from scratchgpt.model import ConfigDict, Embedding, GPTModel, KVCache, Layer, Linear
 from scratchgpt.ops.rope import rope_cos_sin, rope_inv_freq
 from scratchgpt.params import ParamBuffer
 from scratchgpt.rng import DropoutRNG
 
 
 @dataclass
-class Llama3Config:
+class Llama3Config(ConfigDict):
     """The book's config keys; the defaults are Llama 3.2 1B's (LLAMA32_CONFIG_1B)."""
     vocab_size: int = 128_256
     context_length: int = 131_072
@@ -60,16 +60,6 @@ class Llama3Config:
             raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_groups {self.n_kv_groups}")
         self.rope_scaling = dict(self.rope_scaling) if self.rope_scaling else None
         rope_inv_freq(self.head_dim, self.rope_base, self.rope_scaling)     # refuses what it cannot do
-
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 @dataclass

@@ -25,8 +25,22 @@ from scratchgpt.params import ParamBuffer
 from scratchgpt.rng import DropoutRNG
 
 
+class ConfigDict:
+    """A config dataclass's JSON form (checkpoints store it): to_dict, and a strict from_dict."""
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        return cls(**d)
+
+
 @dataclass
-class GPTConfig:
+class GPTConfig(ConfigDict):
     vocab_size: int = 50257
     context_length: int = 1024
     emb_dim: int = 768
@@ -48,16 +62,6 @@ class GPTConfig:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
         if self.gelu_approximate not in ("tanh", "none"):
             raise ValueError(f"gelu_approximate must be 'tanh' or 'none', got {self.gelu_approximate!r}")
-
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown GPTConfig fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 def parameter_shapes(cfg):

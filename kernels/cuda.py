@@ -573,3 +573,5 @@ def _launch(kernel, grid, threads, *args):
 
 # the loss and the update (cross-entropy, the embedding's scatter-add, AdamW) live in cuda_step.py
 from .cuda_step import adamw_step, cross_entropy_forward_backward, embedding_backward  # noqa: E402,F401
+# the matrix products: cuBLAS called directly, so that a CUDA graph can capture them
+from .cuda_gemm import gemm  # noqa: E402,F401

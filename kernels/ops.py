@@ -9,6 +9,7 @@ reference code. scratchgpt.backend picks between this and scratchgpt.ops, in one
     backend.ops.layernorm_forward(x, w, b)   ->  FastOps(kernels).layernorm_forward, or
                                                  scratchgpt.ops.layernorm_forward
 """
+import math
 from typing import NamedTuple
 
 from scratchgpt import ops as reference
@@ -79,8 +80,39 @@ class FastOps:
         dlogits = cache.dlogits if dloss == 1.0 else cache.dlogits * dloss
         return dlogits.reshape(cache.shape)
 
+    # -- the linear layer, where the kernel module issues its own GEMMs (the GPU's cuBLAS calls,
+    #    which a CUDA graph can capture); elsewhere the reference code's `x @ w`
+    def linear_forward(self, x, w, b=None):
+        gemm = getattr(self.kernels, "gemm", None)
+        if gemm is None:
+            return reference.linear_forward(x, w, b)
+        x2 = x.reshape(-1, x.shape[-1])
+        out = _gemm_any(gemm, x2, w)                                    # (N, in) @ (in, out)
+        if b is not None:
+            out += b
+        return out.reshape(*x.shape[:-1], w.shape[-1]), reference.LinearCache(x, w, b is not None)
+
+    def linear_backward(self, dout, cache, dw_out=None):
+        gemm = getattr(self.kernels, "gemm", None)
+        if gemm is None:
+            return reference.linear_backward(dout, cache, dw_out)
+        x, w, has_bias = cache
+        dout2, x2 = dout.reshape(-1, dout.shape[-1]), x.reshape(-1, x.shape[-1])
+        dx = _gemm_any(gemm, dout2, w.T).reshape(x.shape)                # dout @ W^T
+        if dw_out is None:
+            dw = _gemm_any(gemm, x2.T, dout2)                            # x^T @ dout
+        elif dw_out.flags.c_contiguous:
+            dw = gemm(x2, dout2, out=dw_out, trans_a=True, beta=1.0)     # dW += x^T @ dout, in place
+        else:                                                            # a transposed view (the tied head)
+            gemm(dout2, x2, out=dw_out.T, trans_a=True, beta=1.0)        # dW^T += dout^T @ x
+            dw = dw_out
+        db = dout2.sum(axis=0) if has_bias else None
+        return dx, dw, db
+
     # -- attention: one kernel for the whole core, only the causal half of the scores
     def attention_forward(self, qkv, n_heads, drop_rate=0.0, rng=None):
+        if hasattr(self.kernels, "gemm"):             # the GPU: cuBLAS products, the softmax kernel
+            return _gemm_attention_forward(self, qkv, n_heads, drop_rate, rng)
         kernel = getattr(self.kernels, "causal_attention_forward", None)
         if kernel is None or (drop_rate > 0.0 and rng is not None):   # the kernel has no dropout
             return reference.attention_forward(qkv, n_heads, drop_rate, rng)
@@ -88,6 +120,8 @@ class FastOps:
         return y, AttentionCache(qkv, att, None, n_heads)
 
     def attention_backward(self, dy, cache):
+        if cache.att.ndim == 4 and hasattr(self.kernels, "gemm"):
+            return _gemm_attention_backward(self, dy, cache)
         if cache.att.ndim == 4:                       # (B, H, T, T): the forward ran the reference code
             return reference.attention_backward(dy, cache)
         return self.kernels.causal_attention_backward(dy, cache.qkv, cache.att, cache.n_heads)
@@ -111,3 +145,56 @@ class FastOps:
         if kernel is None:
             raise AttributeError("adamw_step")
         return kernel
+
+
+# ---------------------------------------------------------------- the GPU's products
+def _gemm_any(gemm, a, b, out=None):
+    """a @ b for 2-D a and b that are C-contiguous or transposes of C-contiguous arrays."""
+    ta, tb = not a.flags.c_contiguous, not b.flags.c_contiguous
+    return gemm(a.T if ta else a, b.T if tb else b, out=out, trans_a=ta, trans_b=tb)
+
+
+def _heads(qkv, n_heads):
+    """(B, T, 3C) -> q, k, v as C-contiguous (B * H, T, hd) arrays (the reference's split_heads, copied)."""
+    xp = array_module(qkv)
+    B, T, C3 = qkv.shape
+    q, k, v = reference.split_heads(qkv, n_heads)                      # (B, H, T, hd) views
+    return [xp.ascontiguousarray(a).reshape(B * n_heads, T, C3 // 3 // n_heads) for a in (q, k, v)]
+
+
+def _gemm_attention_forward(fast, qkv, n_heads, drop_rate, rng):
+    """The reference attention_forward's math, with its products as cuBLAS batched GEMMs."""
+    gemm = fast.kernels.gemm
+    B, T, _ = qkv.shape
+    q, k, v = _heads(qkv, n_heads)                                     # (BH, T, hd)
+    scores = gemm(q, k, trans_b=True)                                  # (BH, T, T) = q k^T
+    scores *= 1.0 / math.sqrt(q.shape[-1])
+    att, _ = fast.causal_softmax_forward(scores)
+    att_drop, drop_mask = fast.dropout_forward(att, drop_rate, rng)
+    y = gemm(att_drop, v)                                              # (BH, T, hd)
+    y = reference.merge_heads(y.reshape(B, n_heads, T, -1))            # (B, T, C)
+    return y, AttentionCache(qkv, att.reshape(B, n_heads, T, T),
+                             None if drop_mask is None else drop_mask.reshape(B, n_heads, T, T), n_heads)
+
+
+def _gemm_attention_backward(fast, dy, cache):
+    """The reference attention_backward's math (dA = dy v^T, dv = A^T dy, dS, dq = dS k, dk = dS^T q)."""
+    gemm = fast.kernels.gemm
+    xp = array_module(dy)
+    qkv, att, drop_mask, n_heads = cache
+    B, H, T, _ = att.shape
+    q, k, v = _heads(qkv, n_heads)                                     # (BH, T, hd)
+    hd = q.shape[-1]
+    att = att.reshape(B * H, T, T)
+    mask = None if drop_mask is None else drop_mask.reshape(B * H, T, T)
+    att_drop = att if mask is None else att * mask
+    dy = xp.ascontiguousarray(dy.reshape(B, T, H, hd).transpose(0, 2, 1, 3)).reshape(B * H, T, hd)
+    datt_drop = gemm(dy, v, trans_b=True)                              # (BH, T, T) = dy v^T
+    dqkv = xp.empty((3, B * H, T, hd), dtype=dy.dtype)
+    gemm(att_drop, dy, out=dqkv[2], trans_a=True)                      # dv = A^T dy
+    datt = fast.dropout_backward(datt_drop, mask)
+    dscores = fast.causal_softmax_backward(datt, att)
+    dscores *= 1.0 / math.sqrt(hd)
+    gemm(dscores, k, out=dqkv[0])                                      # dq = dS k
+    gemm(dscores, q, out=dqkv[1], trans_a=True)                        # dk = dS^T q
+    return dqkv.reshape(3, B, H, T, hd).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H * hd)

@@ -35,6 +35,11 @@ def use(precision, backend_name=None):
     if precision == "bf16":
         raise ValueError("--precision bf16 (mixed precision) is not written yet: use fp32 or tf32")
     os.environ["CUPY_TF32"] = "1" if precision == "tf32" else "0"     # before CuPy's first product
+    try:                                                               # our own cuBLAS calls
+        from scratchgpt.kernels import cuda_gemm
+        cuda_gemm.set_tf32(precision == "tf32")
+    except ImportError:
+        pass
     try:                                                               # and after it
         from cupy._core import _routines_linalg
         _routines_linalg.set_compute_type(numpy.float32, CUPY_COMPUTE_TYPE[precision])

@@ -1,0 +1,165 @@
+"""Matrix products on the GPU through cuBLAS itself (ctypes), on CuPy's current stream.
+
+    gemm(a, b, out=None, trans_a=False, trans_b=False, beta=0.0) -> out = op(a) @ op(b) + beta * out
+
+a and b are C-contiguous CuPy arrays, 2-D or batched 3-D (a 2-D operand is shared by every batch
+entry, as a weight is); op transposes the last two axes. The result is what `a @ b` gives.
+
+Why not CuPy's own `a @ b`: the whole training step can be recorded once as a CUDA graph and
+replayed (scratchgpt.cuda_graph), which removes the launch cost of its hundreds of small kernels.
+CuPy refuses any cuBLAS call while a stream is being captured (its cublas.setStream raises
+NotImplementedError: "calling cuBLAS API during stream capture is currently unsupported"),
+although cuBLAS supports capture when it is given its workspace up front (cuBLAS docs, "CUDA
+Graphs Support"). So this module keeps one cuBLAS handle of its own, with a workspace it owns,
+and calls cublasGemmEx / cublasGemmStridedBatchedEx through ctypes from the libcublas CuPy has
+already loaded. Outside capture it is used too, so a captured step and an eager one run the same
+products.
+
+Row-major arrays through a column-major library: a row-major (r, c) array is, to cuBLAS, the
+column-major (c, r) matrix X^T. So C = op(A) op(B) is asked for as C^T = op(B)^T op(A)^T: cuBLAS
+gets B first, then A, and writes C^T column-major, which is C row-major.
+
+Precision: float64 computes in float64; float32 in full float32 (CUBLAS_COMPUTE_32F) unless
+`set_tf32(True)` (--precision tf32) allows TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32).
+"""
+import ctypes
+import os
+
+import numpy as np
+
+# enums from cublas_api.h and library_types.h
+_OP_N, _OP_T = 0, 1
+_CUDA_R_32F, _CUDA_R_64F = 0, 1
+_COMPUTE_32F, _COMPUTE_32F_FAST_TF32, _COMPUTE_64F = 68, 77, 70
+_GEMM_DEFAULT = -1
+WORKSPACE_BYTES = 32 * 2 ** 20     # NVIDIA's suggestion for Hopper; the handle never allocates its own
+
+_lib = None                        # the ctypes library, its handle, the workspace (per process, one GPU)
+_handle = None
+_workspace = None
+_stream = None                     # the stream the handle is set to now
+_tf32 = False
+
+
+def set_tf32(enabled):
+    """TF32 tensor cores for float32 products (--precision tf32), or full float32 (fp32)."""
+    global _tf32
+    _tf32 = bool(enabled)
+
+
+def _find_libcublas():
+    """The path of the libcublas CuPy loaded (read from /proc/self/maps), so that ours is the same."""
+    import cupy
+    cupy.cuda.device.get_cublas_handle()          # makes CuPy load libcublas if it has not yet
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split()[-1]
+            if "libcublas.so" in os.path.basename(path) and "Lt" not in os.path.basename(path):
+                return path
+    return "libcublas.so"
+
+
+def _setup():
+    global _lib, _handle, _workspace
+    import cupy
+    lib = ctypes.CDLL(_find_libcublas())
+    i, p, sz, ll = ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_longlong
+    lib.cublasCreate_v2.argtypes = [ctypes.POINTER(p)]
+    lib.cublasSetStream_v2.argtypes = [p, p]
+    lib.cublasSetWorkspace_v2.argtypes = [p, p, sz]
+    lib.cublasGemmEx.argtypes = [p, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i]
+    lib.cublasGemmStridedBatchedEx.argtypes = [p, i, i, i, i, i, p, p, i, i, ll, p, i, i, ll,
+                                               p, p, i, i, ll, i, i, i]
+    handle = p()
+    _check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
+    workspace = cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
+    _check(lib.cublasSetWorkspace_v2(handle, p(workspace.data.ptr), WORKSPACE_BYTES), "cublasSetWorkspace")
+    _lib, _handle, _workspace = lib, handle, workspace
+
+
+def _usable():
+    """Whether cuBLAS could be loaded here (found once). Where not (the CPU's CuPy stand-in in the
+    tests, a CuPy without the library), gemm computes the same result with CuPy's matmul."""
+    global _lib, why_not
+    if _lib is None:
+        try:
+            _setup()
+        except Exception as e:
+            _lib, why_not = False, f"{type(e).__name__}: {e}"
+    return bool(_lib)
+
+
+why_not = ""
+
+
+def _check(status, what):
+    if status != 0:
+        raise RuntimeError(f"{what} failed with cuBLAS status {status}")
+
+
+def _matrix(a, name):
+    """(batch, rows, cols, batch stride) of a C-contiguous 2-D or 3-D array; batch 1 and stride 0 for 2-D."""
+    if a.ndim not in (2, 3):
+        raise ValueError(f"{name} must be 2-D or 3-D, got shape {tuple(a.shape)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if a.ndim == 2:
+        return 1, a.shape[0], a.shape[1], 0
+    return a.shape[0], a.shape[1], a.shape[2], a.shape[1] * a.shape[2]
+
+
+def gemm(a, b, out=None, trans_a=False, trans_b=False, beta=0.0):
+    """out = op(a) @ op(b) + beta * out on the current CuPy stream (see the module's docstring)."""
+    global _stream
+    import cupy
+    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"gemm takes two float32 or two float64 arrays, got {a.dtype} and {b.dtype}")
+    ba, ra, ca, sa = _matrix(a, "a")
+    bb, rb, cb, sb = _matrix(b, "b")
+    m, k = (ca, ra) if trans_a else (ra, ca)
+    k2, n = (cb, rb) if trans_b else (rb, cb)
+    if k != k2 or (ba != bb and 1 not in (ba, bb)):
+        raise ValueError(f"gemm: shapes {tuple(a.shape)}{'^T' * trans_a} and {tuple(b.shape)}{'^T' * trans_b} do not multiply")
+    batch = max(ba, bb)
+    shape = (m, n) if a.ndim == b.ndim == 2 else (batch, m, n)
+    if out is None:
+        if beta != 0.0:
+            raise ValueError("beta != 0 needs out")
+        out = cupy.empty(shape, dtype=a.dtype)
+    elif tuple(out.shape) != shape or out.dtype != a.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {a.dtype} array of shape {shape}, got "
+                         f"{out.dtype} {tuple(out.shape)}")
+    if not _usable():                              # the same result through CuPy's own products
+        opa, opb = (a.swapaxes(-1, -2) if trans_a else a), (b.swapaxes(-1, -2) if trans_b else b)
+        if beta == 0.0:
+            cupy.matmul(opa, opb, out=out)
+        else:
+            out *= beta
+            out += cupy.matmul(opa, opb)
+        return out
+    if m == 0 or n == 0:
+        return out
+    if k == 0:                                     # an empty sum: op(a) @ op(b) is all zeros
+        out *= beta
+        return out
+    stream = cupy.cuda.get_current_stream().ptr
+    if stream != _stream:
+        _check(_lib.cublasSetStream_v2(_handle, ctypes.c_void_p(stream)), "cublasSetStream")
+        _stream = stream
+    if a.dtype == np.float64:
+        dtype, compute, scalar = _CUDA_R_64F, _COMPUTE_64F, ctypes.c_double
+    else:
+        dtype, compute, scalar = _CUDA_R_32F, (_COMPUTE_32F_FAST_TF32 if _tf32 else _COMPUTE_32F), ctypes.c_float
+    alpha, beta_ = scalar(1.0), scalar(beta)
+    # C^T (n, m) = op(B)^T (n, k) @ op(A)^T (k, m), everything column-major to cuBLAS
+    op_b, op_a = (_OP_T if trans_b else _OP_N), (_OP_T if trans_a else _OP_N)
+    args = (_handle, op_b, op_a, n, m, k, ctypes.byref(alpha))
+    if batch == 1:
+        status = _lib.cublasGemmEx(*args, b.data.ptr, dtype, cb, a.data.ptr, dtype, ca,
+                                   ctypes.byref(beta_), out.data.ptr, dtype, n, compute, _GEMM_DEFAULT)
+    else:
+        status = _lib.cublasGemmStridedBatchedEx(*args, b.data.ptr, dtype, cb, sb, a.data.ptr, dtype, ca, sa,
+                                                 ctypes.byref(beta_), out.data.ptr, dtype, n, m * n, batch,
+                                                 compute, _GEMM_DEFAULT)
+    _check(status, "cublasGemmEx")
+    return out

@@ -90,7 +90,7 @@ def cross_entropy_forward_backward(logits, targets, ignore_index=-100, out=None)
     N, V = logits.shape
     if tuple(targets.shape) != (N,):
         raise ValueError(f"targets must be ({N},) for logits of shape {logits.shape}, got {tuple(targets.shape)}")
-    if isinstance(targets, np.ndarray):           # on the host: check as the CPU kernel does, then copy
+    if _cupy(targets) is None and isinstance(targets, np.ndarray):   # on the host: check as the CPU kernel does, then copy
         targets = np.ascontiguousarray(targets, dtype=np.int64)
         valid = targets != ignore_index
         bad = valid & ((targets < 0) | (targets >= V))

@@ -44,6 +44,9 @@ def _train_parser(sub):
     _precision_argument(p)
     p.add_argument("--zero1", action="store_true",
                    help="under mpiexec: each process keeps only its share of AdamW's state (ZeRO-1)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="GPU: record each micro-batch's forward and backward once as a CUDA graph and replay it "
+                        "(far fewer kernel launches; small models train several times faster)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     return p
@@ -65,7 +68,8 @@ def cmd_train(a):
                       milestones=milestones, gamma=a.gamma, grad_clip=a.grad_clip, grad_accum=a.grad_accum,
                       eval_interval=a.eval_interval, eval_iters=a.eval_iters, sample_prompt=a.sample_prompt,
                       sample_tokens=a.sample_tokens, seed=a.seed, out_dir=out_dir, init_from=a.init_from,
-                      backend=a.backend, dtype=a.dtype, precision=a.precision, zero1=a.zero1)
+                      backend=a.backend, dtype=a.dtype, precision=a.precision, zero1=a.zero1,
+                      cuda_graph=a.cuda_graph)
     try:
         res = train(cfg, resume=a.resume, progress=not a.no_progress)
     except TrainingInterrupted:

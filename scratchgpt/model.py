@@ -348,7 +348,11 @@ class GPTModel:
 
         With a KVCache (generation) the tokens follow the kv_cache.length ones it holds."""
         start = 0 if kv_cache is None else kv_cache.length
-        idx = self._check_ids(idx, start)
+        return self._forward(self._check_ids(idx, start), kv_cache)
+
+    def _forward(self, idx, kv_cache=None):
+        """forward() of checked token ids (a device array on a GPU): no host synchronisation."""
+        start = 0 if kv_cache is None else kv_cache.length
         x = self.tok_emb.forward(idx) + self.pos_emb.forward(idx.shape[1], start)   # (B, T, C)
         x = self.drop_emb.forward(x)
         for i, block in enumerate(self.trf_blocks):
@@ -364,9 +368,12 @@ class GPTModel:
     def loss(self, idx, targets, ignore_index=-100):
         """Forward pass and mean cross-entropy against `targets` (B, T); returns a float."""
         targets = self._check_targets(targets, idx, ignore_index)
-        logits = self.forward(idx)
-        loss, self._loss_cache = backend.ops.cross_entropy_forward(logits, targets, ignore_index)
-        return float(loss)                  # the one device-to-host transfer of a training step
+        return float(self._loss(self._check_ids(idx), targets, ignore_index))   # the one device-to-host transfer
+
+    def _loss(self, idx, targets, ignore_index=-100):
+        """loss() of checked ids and targets, as a 0-d array (on the device on a GPU: no synchronisation)."""
+        loss, self._loss_cache = backend.ops.cross_entropy_forward(self._forward(idx), targets, ignore_index)
+        return loss
 
     def backward(self, dlogits=None):
         """Add the gradients into model.grads(): of the last `loss()` when dlogits is None,

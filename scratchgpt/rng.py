@@ -56,7 +56,7 @@ def uniform(xp, key, shape, dtype, start=0):
     k0, k1 = start // 2, (start + n + 1) // 2             # the hashes of elements start .. start + n - 1
     z = xp.arange(k0 + 1, k1 + 1, dtype=u64)              # the counters k + 1
     z *= u64(GOLDEN)
-    z += u64(key)
+    z += key if hasattr(key, "dtype") else u64(key)       # a 0-d device array while a CUDA graph records
     z ^= z >> u64(30)
     z *= u64(M1)
     z ^= z >> u64(27)
@@ -77,14 +77,26 @@ class DropoutRNG:
 
     def __init__(self, seed, draws=0):
         self.seed, self.draws = int(seed), int(draws)
+        self.key_table = None       # while a CUDA graph records: (device uint64 array, first draw)
 
     def random(self, shape, dtype="float64"):
         """The next draw: uniform floats in [0, 1) of `shape`, on the active backend."""
         import numpy
-        key = draw_key(self.seed, self.draws)
+        if self.key_table is None:
+            key = draw_key(self.seed, self.draws)
+        else:                       # recorded: read from the table when the graph replays
+            table, first = self.key_table
+            key = table[self.draws - first]
         self.draws += 1
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         return uniform(backend.xp, key, shape, numpy.dtype(dtype))
+
+    def fill_key_table(self, table, first):
+        """Write the keys of draws first, first + 1, ... into `table` (a device uint64 array): a
+        replayed graph that recorded reads from `table` (see scratchgpt/cuda_graph.py) makes those draws."""
+        import numpy
+        keys = numpy.array([draw_key(self.seed, first + j) for j in range(table.size)], dtype=numpy.uint64)
+        table[...] = backend.xp.asarray(keys)
 
     def state_dict(self):
         return {"kind": "splitmix64-counter", "seed": self.seed, "draws": self.draws}

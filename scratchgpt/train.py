@@ -79,6 +79,7 @@ class TrainConfig:
     backend: str = field(default_factory=lambda: backend.name)     # the active one (SCRATCHGPT_BACKEND)
     dtype: str = "float32"
     precision: str = "fp32"                  # fp32 | tf32 | bf16 (GPU matrix products, scratchgpt/precision.py)
+    cuda_graph: bool = False                 # GPU: replay each micro-batch's step as a CUDA graph (cuda_graph.py)
 
     def __post_init__(self):
         for name in ("max_iters", "batch_size", "eval_interval", "eval_iters", "grad_accum"):
@@ -220,7 +221,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
         state = ck.train_state
         saved = TrainConfig(**{**state["train_config"], "max_iters": cfg.max_iters,
                                "out_dir": cfg.out_dir, "backend": cfg.backend,
-                               "precision": cfg.precision})
+                               "precision": cfg.precision, "cuda_graph": cfg.cuda_graph})
         cfg = saved
         model, tokenizer = ck.model, ck.tokenizer
         corpus = world.rank0_first(lambda: load_corpus(cfg, tokenizer))
@@ -264,6 +265,13 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
         elapsed0 = 0.0
     if world.size > 1:                     # each rank draws its rows of one process's dropout masks
         model.rng = distributed.RowsDropoutRNG(model.rng, world)
+    graph = None
+    if cfg.cuda_graph:                     # GPU: each micro-batch's forward and backward as one graph
+        from scratchgpt import cuda_graph
+        why = cuda_graph.usable(model, world.size)
+        if why:
+            raise ValueError(f"--cuda-graph: {why}")
+        graph = cuda_graph.GraphStep(model)
     log(f"model: {model.num_parameters():,} parameters; data: {len(corpus.train):,} train / "
         f"{len(corpus.val):,} val tokens, vocabulary {tokenizer.vocab_size}")
     prompt = _sample_prompt(cfg, tokenizer, corpus)
@@ -315,7 +323,7 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
             if stopping or (stop_after is not None and it >= stop_after):
                 raise _CleanStop
             ts = time.perf_counter()
-            loss = _step(model, opt, sampler, cfg, lr, world)
+            loss = _step(model, opt, sampler, cfg, lr, world, graph)
             # one small all-reduce: every rank sees the same loss and the same stop decision
             loss, stops = world.sum_floats(loss, stop.requested)
             stopping = stops > 0
@@ -398,7 +406,7 @@ def _make_optimizer(model, cfg, world=None):
     return AdamW(model, **kw)
 
 
-def _step(model, opt, sampler, cfg, lr, world=None):
+def _step(model, opt, sampler, cfg, lr, world=None, graph=None):
     """One optimisation step: grad_accum micro-batches, averaged; clip; AdamW. Returns the mean loss
     (with several processes, this rank's part of it: the sum over the ranks is the mean loss).
 
@@ -416,8 +424,11 @@ def _step(model, opt, sampler, cfg, lr, world=None):
             continue
         if last_share is not None and share != last_share:
             model.flat_grads *= last_share / share     # keeps flat_grads = sum_k (share_k / share) g_k
-        total += share * model.loss(world.rows(x), world.rows(y))
-        model.backward()
+        if graph is not None:                          # the same work, replayed as a CUDA graph
+            total += share * graph(x, y)
+        else:
+            total += share * model.loss(world.rows(x), world.rows(y))
+            model.backward()
         last_share = share
     if last_share is not None and (cfg.grad_accum > 1 or last_share != 1.0):
         model.flat_grads *= last_share / cfg.grad_accum

@@ -229,3 +229,58 @@ def test_the_nccl_path_sums_on_the_gpu_in_a_world_of_one():
     world._nccl = distributed.nccl_communicator(world)
     world._nccl_sum_(x)
     np.testing.assert_array_equal(cupy.asnumpy(x), np.arange(10, dtype=np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_cublas_products_match_cupy_matmul(dtype):
+    """kernels/cuda_gemm.py: every transpose, a shared 2-D operand, batches, and beta accumulation."""
+    from scratchgpt.kernels import cuda_gemm
+    r = np.random.default_rng(5)
+    a = cupy.asarray(r.standard_normal((3, 5, 7)).astype(dtype))
+    b = cupy.asarray(r.standard_normal((3, 7, 4)).astype(dtype))
+    w = cupy.asarray(r.standard_normal((7, 4)).astype(dtype))
+    check = lambda got, want: assert_close(host(got), host(want), dtype)
+    check(cuda_gemm.gemm(a, b), a @ b)
+    check(cuda_gemm.gemm(a, w), a @ w)                                          # a weight shared by the batch
+    check(cuda_gemm.gemm(a[0], w), a[0] @ w)
+    check(cuda_gemm.gemm(a.swapaxes(1, 2).copy(), b, trans_a=True), a @ b)
+    check(cuda_gemm.gemm(a, b.swapaxes(1, 2).copy(), trans_b=True), a @ b)
+    check(cuda_gemm.gemm(a[0].T.copy(), b[0].T.copy(), trans_a=True, trans_b=True), a[0] @ b[0])
+    out = cupy.asarray(r.standard_normal((5, 4)).astype(dtype))
+    want = out + a[1] @ b[1]
+    check(cuda_gemm.gemm(a[1], b[1], out=out, beta=1.0), want)
+    if not cupy.__version__.endswith("standin"):            # (the stand-in has no cuBLAS: CuPy's matmul)
+        assert cuda_gemm.why_not == "", cuda_gemm.why_not   # cuBLAS itself ran, not the fallback
+
+
+@pytest.mark.parametrize("drop_rate", [0.0, 0.2])
+def test_a_step_replayed_as_a_cuda_graph_matches_the_eager_step(drop_rate):
+    """scratchgpt/cuda_graph.py: the same losses, gradients and dropout draws as eager steps, over
+    several replays with new batches (float64: the same kernels, so equal to rounding)."""
+    cuda_kernels()
+    from scratchgpt import cuda_graph
+    cfg = sg.GPTConfig(**TINY, drop_rate=drop_rate)
+    r = np.random.default_rng(2)
+    batches = [(r.integers(0, 11, (4, 8)), r.integers(0, 11, (4, 8))) for _ in range(5)]
+    runs = {}
+    for mode in ("eager", "graph"):
+        model = sg.GPTModel(cfg, seed=0, dtype="float64")
+        assert cuda_graph.usable(model) == ""
+        step = cuda_graph.GraphStep(model) if mode == "graph" else None
+        opt = sg.AdamW(model, lr=1e-2)
+        runs[mode] = losses = []
+        for x, y in batches:
+            model.zero_grad()
+            if step is None:
+                losses.append(model.loss(x, y))
+                model.backward()
+            else:
+                losses.append(step(x, y))
+            losses.append(host(model.flat_grads).copy())
+            opt.step()
+        runs[mode + " draws"] = model.rng.draws
+        if step is not None:
+            assert step.graph is not None and step.failed == "", step.failed
+    assert runs["graph draws"] == runs["eager draws"]
+    for got, want in zip(runs["graph"], runs["eager"]):
+        assert_close(np.asarray(got), np.asarray(want), np.float64)

@@ -11,8 +11,9 @@ What it imitates, because scratchgpt's code depends on it:
   catch: numpy.asarray(device_array) succeeds here, where CuPy raises.)
 - reductions give 0-d device arrays (x.sum() is an array, not a NumPy scalar), as in CuPy;
 - cupy.random.default_rng, whose bit_generator.state is a method (CuPy's), not a dict;
-- cupy.cuda: is_available() True, a current stream with ptr 0, Device().synchronize(), a
-  memory pool with used_bytes/total_bytes, set_allocator, runtime.getDeviceProperties;
+- cupy.cuda: is_available() True, streams (ptr 0) with stream capture that refuses host
+  synchronisation while capturing, Device().synchronize(), memory pools with
+  used_bytes/total_bytes, set_allocator, using_allocator, runtime.getDeviceProperties;
 - cupyx.scatter_add and cupyx.scipy.special.erf.
 With NUMBA_ENABLE_CUDASIM=1 the numba.cuda kernels run in numba's simulator: the hand-off
 numba.cuda.as_cuda_array(cupy array) and cuda.external_stream, which the simulator lacks,
@@ -33,6 +34,7 @@ class ndarray(_np.ndarray):
 
     def get(self, stream=None, order="C", out=None):
         """The copy to the host: a plain NumPy array."""
+        _refuse_while_capturing("a device-to-host copy")
         host = _np.array(self.view(_np.ndarray), order=order)
         if out is not None:
             out[...] = host
@@ -63,6 +65,22 @@ class ndarray(_np.ndarray):
 
     def __getitem__(self, key):
         return _to_device(self.view(_np.ndarray)[_unwrap(key)])
+
+    def item(self, *args):
+        _refuse_while_capturing("a device-to-host copy (item)")
+        return self.view(_np.ndarray).item(*args)
+
+    def __float__(self):
+        _refuse_while_capturing("a device-to-host copy (float)")
+        return float(self.view(_np.ndarray))
+
+    def __int__(self):
+        _refuse_while_capturing("a device-to-host copy (int)")
+        return int(self.view(_np.ndarray))
+
+    def __bool__(self):
+        _refuse_while_capturing("a device-to-host copy (bool)")
+        return bool(self.view(_np.ndarray))
 
     def __array__(self, dtype=None, copy=None):
         # NumPy calls this for numpy.asarray(x) only on non-ndarrays, so it rarely fires for a
@@ -120,6 +138,7 @@ def _device_function(name, f):
     def call(*args, **kwargs):
         if name in _HOST_IN:
             if args and type(args[0]) is _np.ndarray:       # a copy, as a transfer to a GPU makes
+                _refuse_while_capturing("a host-to-device copy")
                 args = (args[0].copy(),) + args[1:]
         else:
             _refuse_host_arrays((args, kwargs), f"cupy.{name}")
@@ -223,9 +242,62 @@ def get_default_memory_pool():
 
 
 class _Stream:
-    ptr = 0
+    """CuPy's streams, enough for scratchgpt/cuda_graph.py: a context that makes the stream current,
+    and stream capture. While a stream captures, the stand-in refuses what CUDA refuses then (a
+    synchronising copy between host and device: get, float, item, asarray of a host array), so a
+    test sees a synchronisation hidden in a recorded step. It cannot replay what it recorded (the
+    NumPy work ran at once): Graph.launch raises NotImplementedError."""
+    _current = []
+
+    def __init__(self, null=False, non_blocking=False, ptr=0):
+        self.ptr = ptr
 
     def synchronize(self):
+        _refuse_while_capturing("a stream synchronisation")
+
+    def __enter__(self):
+        _Stream._current.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _Stream._current.pop()
+
+    def begin_capture(self, mode=None):
+        global _capturing
+        _capturing = True
+
+    def end_capture(self):
+        global _capturing
+        _capturing = False
+        return _Graph()
+
+
+class _Graph:
+    def launch(self, stream=None):
+        raise NotImplementedError("the CuPy stand-in records a CUDA graph but cannot replay it")
+
+
+_capturing = False
+
+
+def _refuse_while_capturing(what):
+    if _capturing:
+        raise RuntimeError(f"cudaErrorStreamCaptureUnsupported: {what} is not permitted while a stream "
+                           "is capturing (CuPy stand-in)")
+
+
+def _current_stream():
+    return _Stream._current[-1] if _Stream._current else _Stream()
+
+
+class _UsingAllocator:
+    def __init__(self, allocator=None):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
         pass
 
 
@@ -239,7 +311,10 @@ class _Device:
 
 cuda = types.SimpleNamespace(
     is_available=lambda: True,
-    get_current_stream=lambda: _Stream(),
+    get_current_stream=_current_stream,
+    Stream=_Stream,
+    MemoryPool=_MemoryPool,
+    using_allocator=_UsingAllocator,
     Device=_Device,
     set_allocator=lambda f=None: None,
     runtime=types.SimpleNamespace(

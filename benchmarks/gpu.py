@@ -13,7 +13,9 @@ Python float, for ours and torch alike). Columns:
 
     ours kernels   the CuPy backend with the numba.cuda kernels (SCRATCHGPT_KERNELS=numba)
     ours arrays    the CuPy backend with the reference array code of the ops (=numpy)
-    ours tf32      ours kernels with --precision tf32 (CuPy's float32 products on TF32 tensor cores)
+    ours tf32      ours kernels with --precision tf32 (float32 products on TF32 tensor cores)
+    ours graph     ours kernels, each step's forward and backward replayed as a CUDA graph (--cuda-graph)
+    graph tf32     ours graph with --precision tf32
     torch fp32     torch eager, float32 matmuls in full float32 (TF32 off)
     torch tf32     torch eager, TF32 tensor-core matmuls (torch.set_float32_matmul_precision("high"))
 
@@ -65,7 +67,7 @@ class PeakCounter:
         return mem
 
 
-def bench_ours(cfgd, kernels, steps, repeats, warmup, prec="fp32"):
+def bench_ours(cfgd, kernels, steps, repeats, warmup, prec="fp32", graph=False):
     import cupy
     import scratchgpt as sg
     from scratchgpt import backend, precision
@@ -79,16 +81,28 @@ def bench_ours(cfgd, kernels, steps, repeats, warmup, prec="fp32"):
         opt = sg.AdamW(model, lr=1e-4, weight_decay=0.1)
         used = "numba.cuda kernels" if hasattr(backend.ops, "kernels") else "array code"
         x, y = host_batch(cfgd)
+        if graph:
+            from scratchgpt import cuda_graph
+            why = cuda_graph.usable(model)
+            if why:
+                return dict(error="unusable", why=why)
+            graph_step = cuda_graph.GraphStep(model)
+            used = "numba.cuda kernels, CUDA graph"
 
         def step():
             model.zero_grad()
-            model.loss(x, y)              # the batch goes in, the loss comes out (one sync)
-            model.backward()
+            if graph:
+                graph_step(x, y)          # the same work, recorded once and replayed
+            else:
+                model.loss(x, y)          # the batch goes in, the loss comes out (one sync)
+                model.backward()
             sg.clip_grad_norm(model, 1.0)
             opt.step()
 
         sync = cupy.cuda.Device().synchronize
         rate = timed(step, sync, cfgd, steps, repeats, warmup)
+        if graph and graph_step.failed:
+            return dict(error="failed", why=graph_step.failed)
         counter = PeakCounter(pool)
         cupy.cuda.set_allocator(counter.malloc)
         try:
@@ -219,6 +233,11 @@ def main():
         r["ours kernels"] = run_one(bench_ours, cfgd, True, *opts)
         r["ours arrays"] = run_one(bench_ours, cfgd, False, *opts)
         r["ours tf32"] = run_one(bench_ours, cfgd, True, *opts, "tf32")
+        r["ours graph"] = run_one(bench_ours, cfgd, True, *opts, "fp32", True)
+        r["graph tf32"] = run_one(bench_ours, cfgd, True, *opts, "tf32", True)
+        for col in ("ours graph", "graph tf32"):
+            if "why" in r[col]:
+                print(f"note: {name}: {col}: {r[col]['why']}")
         for col, tf32 in (("torch fp32", False), ("torch tf32", True)):
             r[col] = dict(error="skipped") if a.ours_only else run_one(bench_torch, cfgd, tf32, *opts)
         path = r["ours kernels"].get("path")
@@ -226,19 +245,19 @@ def main():
             print(f"note: {name}: 'ours kernels' ran the {path} (numba.cuda is not usable here)")
         print(f"{name}: done", flush=True)
 
-    cols = ["ours kernels", "ours arrays", "ours tf32", "torch fp32", "torch tf32"]
-    print("\ntokens/s (higher is better); vs fp32 = ours kernels / torch fp32, vs tf32 = ours tf32 / torch tf32")
+    cols = ["ours kernels", "ours arrays", "ours tf32", "ours graph", "graph tf32", "torch fp32", "torch tf32"]
+    print("\ntokens/s (higher is better); vs fp32 = ours graph / torch fp32, vs tf32 = graph tf32 / torch tf32")
     print(f"{'config':7} {'tokens':>6} " + " ".join(f"{c:>13}" for c in cols) + f" {'vs fp32':>8} {'vs tf32':>8}")
     for name, r in results.items():
         cfgd = CONFIGS[name]
         print(f"{name:7} {cfgd['batch'] * cfgd['context_length']:6} " + " ".join(f"{fmt_rate(r[c]):>13}" for c in cols)
-              + f" {ratio(r['ours kernels'], r['torch fp32'], 'tokens_per_s'):>8}"
-              + f" {ratio(r['ours tf32'], r['torch tf32'], 'tokens_per_s'):>8}")
-    print("\npeak device memory in use during a step, MiB (lower is better); ratio = ours kernels / torch fp32")
+              + f" {ratio(r['ours graph'], r['torch fp32'], 'tokens_per_s'):>8}"
+              + f" {ratio(r['graph tf32'], r['torch tf32'], 'tokens_per_s'):>8}")
+    print("\npeak device memory in use during a step, MiB (lower is better); ratio = ours graph / torch fp32")
     print(f"{'config':7} " + " ".join(f"{c:>13}" for c in cols) + f" {'ratio':>8}")
     for name, r in results.items():
         print(f"{name:7} " + " ".join(f"{fmt_mem(r[c]):>13}" for c in cols)
-              + f" {ratio(r['ours kernels'], r['torch fp32'], 'peak_bytes'):>8}")
+              + f" {ratio(r['ours graph'], r['torch fp32'], 'peak_bytes'):>8}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(device=describe(), configs=CONFIGS, results=results), f, indent=1)

@@ -24,7 +24,8 @@ float32 products to full float32 whatever CUPY_TF32 says; "ours tf32" is precisi
 tokens/s is the median over repeats of `steps` steps each, timed between two device synchronisations,
 after warm-up steps (numba compiles the kernels on the first one). Peak memory is measured on one
 more step: for ours the high-water mark of CuPy's memory pool in use (a counting allocator around
-the pool) and the pool's reserved total, for torch max_memory_allocated and max_memory_reserved.
+the pool) and the pool's reserved total, plus, for the graph columns, every block of the graph's own
+pool (the recording's activations); for torch max_memory_allocated and max_memory_reserved.
 Both include the parameters, gradients and AdamW state; neither includes the CUDA context, cuBLAS
 workspaces outside the allocator, or numba's loaded modules.
 """
@@ -110,7 +111,11 @@ def bench_ours(cfgd, kernels, steps, repeats, warmup, prec="fp32", graph=False):
             sync()
         finally:
             cupy.cuda.set_allocator(pool.malloc)
-        return dict(tokens_per_s=rate, peak_bytes=counter.peak, reserved_bytes=pool.total_bytes(), path=used)
+        peak, reserved = counter.peak, pool.total_bytes()
+        if graph:                         # plus the blocks of the graph's own pool (all in use at a replay)
+            peak += graph_step.pool.total_bytes()
+            reserved += graph_step.pool.total_bytes()
+        return dict(tokens_per_s=rate, peak_bytes=peak, reserved_bytes=reserved, path=used)
     finally:
         model = opt = step = None
         gc.collect()

@@ -1,6 +1,7 @@
 """Matrix products on the GPU through cuBLAS itself (ctypes), on CuPy's current stream.
 
-    gemm(a, b, out=None, trans_a=False, trans_b=False, beta=0.0) -> out = op(a) @ op(b) + beta * out
+    gemm(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+        -> out = alpha * op(a) @ op(b) + beta * out
 
 a and b are C-contiguous CuPy arrays, 2-D or batched 3-D (a 2-D operand is shared by every batch
 entry, as a weight is); op transposes the last two axes. The result is what `a @ b` gives.
@@ -108,8 +109,9 @@ def _matrix(a, name):
     return a.shape[0], a.shape[1], a.shape[2], a.shape[1] * a.shape[2]
 
 
-def gemm(a, b, out=None, trans_a=False, trans_b=False, beta=0.0):
-    """out = op(a) @ op(b) + beta * out on the current CuPy stream (see the module's docstring)."""
+def gemm(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    """out = alpha * op(a) @ op(b) + beta * out on the current CuPy stream (see the module's docstring).
+    alpha folds a scale into the product (attention's 1 / sqrt(hd)) instead of a pass of its own."""
     global _stream
     import cupy
     if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
@@ -131,11 +133,14 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, beta=0.0):
                          f"{out.dtype} {tuple(out.shape)}")
     if not _usable():                              # the same result through CuPy's own products
         opa, opb = (a.swapaxes(-1, -2) if trans_a else a), (b.swapaxes(-1, -2) if trans_b else b)
+        product = cupy.matmul(opa, opb)
+        if alpha != 1.0:
+            product *= alpha
         if beta == 0.0:
-            cupy.matmul(opa, opb, out=out)
+            out[...] = product
         else:
             out *= beta
-            out += cupy.matmul(opa, opb)
+            out += product
         return out
     if m == 0 or n == 0:
         return out
@@ -150,10 +155,10 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, beta=0.0):
         dtype, compute, scalar = _CUDA_R_64F, _COMPUTE_64F, ctypes.c_double
     else:
         dtype, compute, scalar = _CUDA_R_32F, (_COMPUTE_32F_FAST_TF32 if _tf32 else _COMPUTE_32F), ctypes.c_float
-    alpha, beta_ = scalar(1.0), scalar(beta)
+    alpha_, beta_ = scalar(alpha), scalar(beta)
     # C^T (n, m) = op(B)^T (n, k) @ op(A)^T (k, m), everything column-major to cuBLAS
     op_b, op_a = (_OP_T if trans_b else _OP_N), (_OP_T if trans_a else _OP_N)
-    args = (_handle, op_b, op_a, n, m, k, ctypes.byref(alpha))
+    args = (_handle, op_b, op_a, n, m, k, ctypes.byref(alpha_))
     if batch == 1:
         status = _lib.cublasGemmEx(*args, b.data.ptr, dtype, cb, a.data.ptr, dtype, ca,
                                    ctypes.byref(beta_), out.data.ptr, dtype, n, compute, _GEMM_DEFAULT)

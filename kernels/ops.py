@@ -167,8 +167,7 @@ def _gemm_attention_forward(fast, qkv, n_heads, drop_rate, rng):
     gemm = fast.kernels.gemm
     B, T, _ = qkv.shape
     q, k, v = _heads(qkv, n_heads)                                     # (BH, T, hd)
-    scores = gemm(q, k, trans_b=True)                                  # (BH, T, T) = q k^T
-    scores *= 1.0 / math.sqrt(q.shape[-1])
+    scores = gemm(q, k, trans_b=True, alpha=1.0 / math.sqrt(q.shape[-1]))   # (BH, T, T) = q k^T / sqrt(hd)
     att, _ = fast.causal_softmax_forward(scores)
     att_drop, drop_mask = fast.dropout_forward(att, drop_rate, rng)
     y = gemm(att_drop, v)                                              # (BH, T, hd)
@@ -193,8 +192,7 @@ def _gemm_attention_backward(fast, dy, cache):
     dqkv = xp.empty((3, B * H, T, hd), dtype=dy.dtype)
     gemm(att_drop, dy, out=dqkv[2], trans_a=True)                      # dv = A^T dy
     datt = fast.dropout_backward(datt_drop, mask)
-    dscores = fast.causal_softmax_backward(datt, att)
-    dscores *= 1.0 / math.sqrt(hd)
-    gemm(dscores, k, out=dqkv[0])                                      # dq = dS k
-    gemm(dscores, q, out=dqkv[1], trans_a=True)                        # dk = dS^T q
+    dscores = fast.causal_softmax_backward(datt, att)                  # dS, S = q k^T / sqrt(hd)
+    gemm(dscores, k, out=dqkv[0], alpha=1.0 / math.sqrt(hd))           # dq = dS k / sqrt(hd)
+    gemm(dscores, q, out=dqkv[1], trans_a=True, alpha=1.0 / math.sqrt(hd))   # dk = dS^T q / sqrt(hd)
     return dqkv.reshape(3, B, H, T, hd).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H * hd)

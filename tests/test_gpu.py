@@ -249,6 +249,7 @@ def test_the_cublas_products_match_cupy_matmul(dtype):
     out = cupy.asarray(r.standard_normal((5, 4)).astype(dtype))
     want = out + a[1] @ b[1]
     check(cuda_gemm.gemm(a[1], b[1], out=out, beta=1.0), want)
+    check(cuda_gemm.gemm(a, b, alpha=0.125), (a @ b) * 0.125)
     if not cupy.__version__.endswith("standin"):            # (the stand-in has no cuBLAS: CuPy's matmul)
         assert cuda_gemm.why_not == "", cuda_gemm.why_not   # cuBLAS itself ran, not the fallback
 

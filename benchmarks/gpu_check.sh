@@ -7,7 +7,7 @@
 #   4. the command line on CuPy: train with dropout; a second run stopped by Ctrl-C (SIGINT) and
 #      resumed, compared bit for bit with the first; sample and eval in fp32 and tf32; the GPU
 #      run sampled on the CPU; finetune-cls, finetune-sft and chat on CuPy
-#   5. precision: a tiny model's loss curve in tf32 (and bf16 once written) against fp32
+#   5. precision: a tiny model's loss curve in tf32 and in bf16 against fp32
 #   6. kernel launches per training step (numba.cuda counted; everything under nsys if present)
 #   7. benchmarks/gpu.py: tokens/s and peak memory, ours against torch in the same run
 # Each section has its own time limit, and a failing section does not stop the others; the

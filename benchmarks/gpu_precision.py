@@ -4,7 +4,7 @@
 
 The same model (seed 0), batches and AdamW steps, once per precision on the CuPy backend; it
 prints the loss every 10 steps and, for each precision, the largest relative difference from
-the fp32 curve over all steps. tests/test_gpu.py asserts the tolerance (PRECISION_RTOL below).
+the fp32 curve over all steps. tests/test_gpu.py asserts the tolerances (PRECISION_RTOL below).
 
 Why 2%: TF32 rounds a product's inputs to a 10-bit mantissa (relative error up to 2^-11, about
 5e-4 per input) and sums in float32. Those errors compound through the steps as any rounding
@@ -12,12 +12,16 @@ difference does, so the curves drift apart slowly; the tolerance is set well abo
 rounding of 5e-4 yet far below the loss's own fall (on this data from 4.2 to about 1.4 in the
 first 30 steps), so wrong results fail it and rounding does not. The measured difference is
 what this script prints (benchmarks/gpu_check.sh runs it on the GPU).
+
+Why 5% for bf16: bfloat16 keeps an 8-bit mantissa (relative error up to 2^-9, about 2e-3 per
+input, 4x TF32's), so its curve may drift 4x as far; 5% leaves that room and is still a small
+fraction of the loss's fall, so a wrong product (a transposed operand, a lost scale) fails it.
 """
 import argparse
 import os
 import sys
 
-PRECISION_RTOL = 0.02
+PRECISION_RTOL = {"tf32": 0.02, "bf16": 0.05}
 TINY = dict(vocab_size=65, context_length=64, emb_dim=128, n_heads=4, n_layers=4)
 
 
@@ -68,9 +72,9 @@ def main():
     for p, c in curves.items():
         if ref is not None and p != "fp32":
             worst = max(abs(x - y) / abs(y) for x, y in zip(c, ref))
-            verdict = "within" if worst <= PRECISION_RTOL else "OUTSIDE"
+            verdict = "within" if worst <= PRECISION_RTOL[p] else "OUTSIDE"
             print(f"{p}: largest relative difference from fp32 over {a.steps} steps {worst:.2e} "
-                  f"({verdict} the {PRECISION_RTOL:.0%} tolerance); final loss {c[-1]:.5f} vs {ref[-1]:.5f}")
+                  f"({verdict} the {PRECISION_RTOL[p]:.0%} tolerance); final loss {c[-1]:.5f} vs {ref[-1]:.5f}")
 
 
 if __name__ == "__main__":

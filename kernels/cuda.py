@@ -400,6 +400,19 @@ def layernorm_backward(dout, x, mean, rstd, w):
     return dx, dw, db
 
 
+# ---------------------------------------------------------------- float32 -> bfloat16 bits
+# The rounding of kernels/cuda_gemm.py's to_bf16 (see there), on the float32 bits u (uint32):
+# nearest, ties to even; NaN to bfloat16's NaN 0x7FC0.
+@_jit()
+def _to_bf16(u, out):
+    for j in range(cuda.grid(1), u.shape[0], cuda.gridsize(1)):
+        x = u[j]
+        if (x & 0x7F800000) == 0x7F800000 and (x & 0x7FFFFF) != 0:
+            out[j] = 0x7FC0
+        else:
+            out[j] = (x + 0x7FFF + ((x >> 16) & 1)) >> 16
+
+
 # ---------------------------------------------------------------- GELU (tanh approximation)
 
 # y = 0.5 * x * (1 + tanh(u)) = x * s,   s = sigmoid(2u) = 1 / (1 + exp(-2u)),

@@ -20,8 +20,14 @@ Row-major arrays through a column-major library: a row-major (r, c) array is, to
 column-major (c, r) matrix X^T. So C = op(A) op(B) is asked for as C^T = op(B)^T op(A)^T: cuBLAS
 gets B first, then A, and writes C^T column-major, which is C row-major.
 
-Precision: float64 computes in float64; float32 in full float32 (CUBLAS_COMPUTE_32F) unless
-`set_tf32(True)` (--precision tf32) allows TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32).
+Precision (`set_precision`, from --precision): float64 always computes in float64. float32:
+    fp32   full float32 products (CUBLAS_COMPUTE_32F)
+    tf32   TF32 tensor cores: inputs rounded to a 10-bit mantissa by the hardware, float32 sums
+    bf16   mixed precision: both inputs rounded to bfloat16 here (to_bf16: 8-bit mantissa, float32's
+           exponent range, so no loss scaling is needed), multiplied on bf16 tensor cores with
+           float32 sums, the result float32. Everything outside the products stays float32: the
+           weights, their gradients and AdamW's state (the "master" copy), LayerNorm's and the
+           softmax's statistics, the loss.
 """
 import ctypes
 import os
@@ -30,7 +36,7 @@ import numpy as np
 
 # enums from cublas_api.h and library_types.h
 _OP_N, _OP_T = 0, 1
-_CUDA_R_32F, _CUDA_R_64F = 0, 1
+_CUDA_R_32F, _CUDA_R_64F, _CUDA_R_16BF = 0, 1, 14
 _COMPUTE_32F, _COMPUTE_32F_FAST_TF32, _COMPUTE_64F = 68, 77, 70
 _GEMM_DEFAULT = -1
 WORKSPACE_BYTES = 32 * 2 ** 20     # NVIDIA's suggestion for Hopper; the handle never allocates its own
@@ -39,13 +45,54 @@ _lib = None                        # the ctypes library, its handle, the workspa
 _handle = None
 _workspace = None
 _stream = None                     # the stream the handle is set to now
-_tf32 = False
+_precision = "fp32"
 
 
-def set_tf32(enabled):
-    """TF32 tensor cores for float32 products (--precision tf32), or full float32 (fp32)."""
-    global _tf32
-    _tf32 = bool(enabled)
+def set_precision(precision):
+    """How float32 products compute: 'fp32', 'tf32' or 'bf16' (see the module's docstring)."""
+    global _precision
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}")
+    _precision = precision
+
+
+# ---------------------------------------------------------------- bfloat16
+# bfloat16 is float32's top 16 bits. Rounding to nearest, ties to even, on the float32 bits u:
+#     bf16 = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+# (adding just under half of the dropped part, plus one when the kept part is odd, carries into
+# the kept bits exactly when the dropped part is over half, or half with an odd kept part).
+# A NaN could carry into the sign bit that way, so NaN maps to bfloat16's NaN 0x7FC0 instead.
+
+def to_bf16(a):
+    """A float32 array's bfloat16 values, as a uint16 array of the same shape (their bits)."""
+    xp = array_module(a)
+    u = a.reshape(-1).view(xp.uint32)
+    if xp is not np and _cuda_ready():                   # one pass, one kernel
+        from . import cuda
+        out = xp.empty(u.shape, dtype=xp.uint16)
+        cuda._launch(cuda._to_bf16, cuda._grid_blocks(u.size, 256), 256, u, out)
+        return out.reshape(a.shape)
+    w = u.astype(xp.uint64)                              # the array code: the same bits
+    r = ((w + 0x7FFF + ((w >> 16) & 1)) >> 16).astype(xp.uint16)
+    return xp.where(xp.isnan(a.reshape(-1)), xp.uint16(0x7FC0), r).reshape(a.shape)
+
+
+def from_bf16(bits):
+    """bfloat16 bits (uint16) -> the float32 values they stand for (exact)."""
+    xp = array_module(bits)
+    return (bits.astype(xp.uint32) << 16).view(xp.float32)
+
+
+def _cuda_ready():
+    from . import cuda
+    return cuda.cuda is not None and cuda.available()
+
+
+def array_module(a):
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    return np
 
 
 def _find_libcublas():
@@ -131,7 +178,10 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     elif tuple(out.shape) != shape or out.dtype != a.dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous {a.dtype} array of shape {shape}, got "
                          f"{out.dtype} {tuple(out.shape)}")
+    bf16 = _precision == "bf16" and a.dtype == np.float32
     if not _usable():                              # the same result through CuPy's own products
+        if bf16:                                   # bf16 inputs, float32 sums
+            a, b = from_bf16(to_bf16(a)), from_bf16(to_bf16(b))
         opa, opb = (a.swapaxes(-1, -2) if trans_a else a), (b.swapaxes(-1, -2) if trans_b else b)
         product = cupy.matmul(opa, opb)
         if alpha != 1.0:
@@ -151,19 +201,23 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     if stream != _stream:
         _check(_lib.cublasSetStream_v2(_handle, ctypes.c_void_p(stream)), "cublasSetStream")
         _stream = stream
+    in_type = None
     if a.dtype == np.float64:
         dtype, compute, scalar = _CUDA_R_64F, _COMPUTE_64F, ctypes.c_double
     else:
-        dtype, compute, scalar = _CUDA_R_32F, (_COMPUTE_32F_FAST_TF32 if _tf32 else _COMPUTE_32F), ctypes.c_float
+        dtype, compute, scalar = _CUDA_R_32F, (_COMPUTE_32F_FAST_TF32 if _precision == "tf32" else _COMPUTE_32F), ctypes.c_float
+        if bf16:
+            a, b, in_type = to_bf16(a), to_bf16(b), _CUDA_R_16BF
+    in_type = in_type if in_type is not None else dtype
     alpha_, beta_ = scalar(alpha), scalar(beta)
     # C^T (n, m) = op(B)^T (n, k) @ op(A)^T (k, m), everything column-major to cuBLAS
     op_b, op_a = (_OP_T if trans_b else _OP_N), (_OP_T if trans_a else _OP_N)
     args = (_handle, op_b, op_a, n, m, k, ctypes.byref(alpha_))
     if batch == 1:
-        status = _lib.cublasGemmEx(*args, b.data.ptr, dtype, cb, a.data.ptr, dtype, ca,
+        status = _lib.cublasGemmEx(*args, b.data.ptr, in_type, cb, a.data.ptr, in_type, ca,
                                    ctypes.byref(beta_), out.data.ptr, dtype, n, compute, _GEMM_DEFAULT)
     else:
-        status = _lib.cublasGemmStridedBatchedEx(*args, b.data.ptr, dtype, cb, sb, a.data.ptr, dtype, ca, sa,
+        status = _lib.cublasGemmStridedBatchedEx(*args, b.data.ptr, in_type, cb, sb, a.data.ptr, in_type, ca, sa,
                                                  ctypes.byref(beta_), out.data.ptr, dtype, n, m * n, batch,
                                                  compute, _GEMM_DEFAULT)
     _check(status, "cublasGemmEx")

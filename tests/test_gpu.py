@@ -201,11 +201,15 @@ def test_checkpoints_move_between_devices(tmp_path):
     assert isinstance(back.model.flat_params, cupy.ndarray)
 
 
-def test_tf32_training_follows_the_fp32_loss_curve():
-    """The tiny model of benchmarks/gpu_precision.py, 50 steps in tf32 against fp32 (its docstring
-    justifies the tolerance). On the CuPy stand-in TF32 does nothing, so the check means nothing there."""
-    if cupy.__version__.endswith("standin"):
+@pytest.mark.parametrize("prec", ["tf32", "bf16"])
+def test_lower_precision_training_follows_the_fp32_loss_curve(prec):
+    """The tiny model of benchmarks/gpu_precision.py, 50 steps in tf32 / bf16 against fp32 (its
+    docstring justifies the tolerances). On the CuPy stand-in TF32 does nothing; bf16 is emulated
+    there by rounding the inputs, where numba's simulator runs the kernels."""
+    if cupy.__version__.endswith("standin") and prec == "tf32":
         pytest.skip("the CuPy stand-in has no TF32")
+    if prec == "bf16":
+        cuda_kernels()                                  # bf16 products are the GPU kernels' (cuda_gemm)
     import os
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
@@ -213,9 +217,10 @@ def test_tf32_training_follows_the_fp32_loss_curve():
         from gpu_precision import PRECISION_RTOL, loss_curve
     finally:
         sys.path.pop(0)
-    fp32, tf32 = loss_curve("fp32", 50), loss_curve("tf32", 50)
-    worst = max(abs(a - b) / abs(b) for a, b in zip(tf32, fp32))
-    assert worst <= PRECISION_RTOL, f"tf32 left the fp32 loss curve by {worst:.2e} (relative)"
+    fp32, low = loss_curve("fp32", 50), loss_curve(prec, 50)
+    worst = max(abs(a - b) / abs(b) for a, b in zip(low, fp32))
+    assert worst <= PRECISION_RTOL[prec], f"{prec} left the fp32 loss curve by {worst:.2e} (relative)"
+    assert low != fp32                                  # the precision changed something
     assert fp32[-1] < 0.7 * fp32[0]                     # and the curve itself fell: the model learned
 
 
@@ -285,3 +290,13 @@ def test_a_step_replayed_as_a_cuda_graph_matches_the_eager_step(drop_rate):
     assert runs["graph draws"] == runs["eager draws"]
     for got, want in zip(runs["graph"], runs["eager"]):
         assert_close(np.asarray(got), np.asarray(want), np.float64)
+
+
+def test_the_bf16_kernel_rounds_as_the_array_code():
+    """kernels/cuda_gemm.to_bf16 on a CuPy array (the numba.cuda kernel) against its NumPy array
+    code (checked against torch in tests/test_precision.py), bit for bit, NaN included."""
+    cuda_kernels()
+    from scratchgpt.kernels.cuda_gemm import to_bf16
+    r = np.random.default_rng(4)
+    x = r.integers(0, 2 ** 32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    np.testing.assert_array_equal(host(to_bf16(cupy.asarray(x))), to_bf16(x))

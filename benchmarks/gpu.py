@@ -16,8 +16,10 @@ Python float, for ours and torch alike). Columns:
     ours tf32      ours kernels with --precision tf32 (float32 products on TF32 tensor cores)
     ours graph     ours kernels, each step's forward and backward replayed as a CUDA graph (--cuda-graph)
     graph tf32     ours graph with --precision tf32
+    graph bf16     ours graph with --precision bf16 (bf16 products, float32 everything else)
     torch fp32     torch eager, float32 matmuls in full float32 (TF32 off)
     torch tf32     torch eager, TF32 tensor-core matmuls (torch.set_float32_matmul_precision("high"))
+    torch bf16     torch eager under bf16 autocast, with SDPA (flash) attention and the fused AdamW
 
 "ours kernels" and "ours arrays" do not use TF32: scratchgpt.precision.use("fp32") sets CuPy's
 float32 products to full float32 whatever CUPY_TF32 says; "ours tf32" is precision.use("tf32").
@@ -75,7 +77,10 @@ def bench_ours(cfgd, kernels, steps, repeats, warmup, prec="fp32", graph=False):
 
     backend.use("cupy")
     backend.use_kernels(kernels)
-    precision.use(prec)
+    try:
+        precision.use(prec)
+    except ValueError as e:               # bf16 without the GPU kernels
+        return dict(error="refused", why=str(e))
     pool = cupy.get_default_memory_pool()
     try:
         model = sg.GPTModel(sg.GPTConfig(**model_config(cfgd)), seed=0, dtype="float32")
@@ -126,7 +131,7 @@ def bench_ours(cfgd, kernels, steps, repeats, warmup, prec="fp32", graph=False):
 
 # ---------------------------------------------------------------- torch
 
-def bench_torch(cfgd, tf32, steps, repeats, warmup):
+def bench_torch(cfgd, tf32, steps, repeats, warmup, bf16=False):
     import torch
     from scratchgpt.model import GPTConfig
     from torch_gpt import TorchGPT
@@ -136,13 +141,16 @@ def bench_torch(cfgd, tf32, steps, repeats, warmup):
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    model = TorchGPT(GPTConfig(**model_config(cfgd))).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    model = TorchGPT(GPTConfig(**model_config(cfgd)), sdpa=bf16).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=bf16)
+    import contextlib
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     xh, yh = (torch.from_numpy(a) for a in host_batch(cfgd))
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = model(xh.to(dev), yh.to(dev))
+        with autocast():
+            loss = model(xh.to(dev), yh.to(dev))
         loss.item()                       # as ours: the loss as a Python float every step
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -240,24 +248,28 @@ def main():
         r["ours tf32"] = run_one(bench_ours, cfgd, True, *opts, "tf32")
         r["ours graph"] = run_one(bench_ours, cfgd, True, *opts, "fp32", True)
         r["graph tf32"] = run_one(bench_ours, cfgd, True, *opts, "tf32", True)
-        for col in ("ours graph", "graph tf32"):
+        r["graph bf16"] = run_one(bench_ours, cfgd, True, *opts, "bf16", True)
+        for col in ("ours graph", "graph tf32", "graph bf16"):
             if "why" in r[col]:
                 print(f"note: {name}: {col}: {r[col]['why']}")
-        for col, tf32 in (("torch fp32", False), ("torch tf32", True)):
-            r[col] = dict(error="skipped") if a.ours_only else run_one(bench_torch, cfgd, tf32, *opts)
+        for col, tf32, bf16 in (("torch fp32", False, False), ("torch tf32", True, False), ("torch bf16", True, True)):
+            r[col] = dict(error="skipped") if a.ours_only else run_one(bench_torch, cfgd, tf32, *opts, bf16)
         path = r["ours kernels"].get("path")
         if path and path != "numba.cuda kernels":
             print(f"note: {name}: 'ours kernels' ran the {path} (numba.cuda is not usable here)")
         print(f"{name}: done", flush=True)
 
-    cols = ["ours kernels", "ours arrays", "ours tf32", "ours graph", "graph tf32", "torch fp32", "torch tf32"]
-    print("\ntokens/s (higher is better); vs fp32 = ours graph / torch fp32, vs tf32 = graph tf32 / torch tf32")
-    print(f"{'config':7} {'tokens':>6} " + " ".join(f"{c:>13}" for c in cols) + f" {'vs fp32':>8} {'vs tf32':>8}")
+    cols = ["ours kernels", "ours arrays", "ours tf32", "ours graph", "graph tf32", "graph bf16",
+            "torch fp32", "torch tf32", "torch bf16"]
+    print("\ntokens/s (higher is better); vs fp32 = ours graph / torch fp32, vs tf32 = graph tf32 / torch tf32, "
+          "vs bf16 = graph bf16 / torch bf16")
+    print(f"{'config':7} {'tokens':>6} " + " ".join(f"{c:>13}" for c in cols) + f" {'vs fp32':>8} {'vs tf32':>8} {'vs bf16':>8}")
     for name, r in results.items():
         cfgd = CONFIGS[name]
         print(f"{name:7} {cfgd['batch'] * cfgd['context_length']:6} " + " ".join(f"{fmt_rate(r[c]):>13}" for c in cols)
               + f" {ratio(r['ours graph'], r['torch fp32'], 'tokens_per_s'):>8}"
-              + f" {ratio(r['graph tf32'], r['torch tf32'], 'tokens_per_s'):>8}")
+              + f" {ratio(r['graph tf32'], r['torch tf32'], 'tokens_per_s'):>8}"
+              + f" {ratio(r['graph bf16'], r['torch bf16'], 'tokens_per_s'):>8}")
     print("\npeak device memory in use during a step, MiB (lower is better); ratio = ours graph / torch fp32")
     print(f"{'config':7} " + " ".join(f"{c:>13}" for c in cols) + f" {'ratio':>8}")
     for name, r in results.items():

@@ -148,7 +148,7 @@ def test_the_gpu_check_script_and_its_benchmarks_run_on_the_cupy_standin():
                    "--ours-only"], env)
     assert rc == 0, out[-3000:]
     row = next(l for l in out.splitlines() if l.startswith("tiny ") and "skipped" in l)
-    assert len(row.split()) == 11        # config, tokens, 3 of ours, 2 graph (unusable here), 2 skipped torch, 2 ratios
+    assert len(row.split()) == 14        # config, tokens, 3 of ours, 3 graph (not here), 3 skipped torch, 3 ratios
 
 
 GRAPH_SCRIPT = """

@@ -4,12 +4,14 @@
 #   2. the install (editable, so kernels/ is scratchgpt.kernels) and kernels.cuda.available()
 #   3. the GPU tests: tests/test_gpu.py, test_kernels_cuda.py, test_kernels_cuda_available.py,
 #      test_precision.py
-#   4. the command line on CuPy: train with dropout; a second run stopped by Ctrl-C (SIGINT) and
-#      resumed, compared bit for bit with the first; sample and eval in fp32 and tf32; the GPU
-#      run sampled on the CPU; finetune-cls, finetune-sft and chat on CuPy
+#   4. the command line on CuPy: train with dropout, eagerly and with --cuda-graph (the same losses);
+#      a --cuda-graph run stopped by Ctrl-C (SIGINT) and resumed, compared bit for bit with the
+#      uninterrupted one; sample and eval in fp32, tf32 and bf16; the GPU run sampled on the CPU;
+#      finetune-cls, finetune-sft and chat on CuPy
 #   5. precision: a tiny model's loss curve in tf32 and in bf16 against fp32
 #   6. kernel launches per training step (numba.cuda counted; everything under nsys if present)
 #   7. benchmarks/gpu.py: tokens/s and peak memory, ours against torch in the same run
+#   8. benchmarks/gpu_kernels.py: the LayerNorm and softmax kernels' time per block size
 # Each section has its own time limit, and a failing section does not stop the others; the
 # summary at the end lists every section's result. Logs and JSON go to $OUT (./gpu_check_out).
 #
@@ -123,8 +125,24 @@ rc=$?; tail -3 "$OUT/runA.log"
               || result "4a train on CuPy" "FAIL rc=$rc (see $OUT/runA.log)"
 tail -1 "$OUT/runA/metrics.jsonl" 2>/dev/null
 
-# run B: Ctrl-C (SIGINT) once its first checkpoint is written and it has trained a little, then --resume
-"$PY" "${TRAIN[@]}" --out-dir "$OUT/runB" > "$OUT/runB.log" 2>&1 &
+# run G: the same with --cuda-graph: the same losses as run A
+rm -rf "$OUT/runG"
+t0=$SECONDS
+cli "${TRAIN[@]}" --cuda-graph --out-dir "$OUT/runG" > "$OUT/runG.log" 2>&1
+rc=$?; tail -2 "$OUT/runG.log"
+if [ "$rc" = 0 ] && "$PY" - "$OUT/runA" "$OUT/runG" <<'EOF'
+import json, sys
+rows = [[json.loads(l) for l in open(f"{d}/metrics.jsonl")] for d in sys.argv[1:]]
+worst = max(abs(a[k] - b[k]) / abs(a[k]) for a, b in zip(*rows) for k in ("train_loss", "val_loss"))
+print(f"--cuda-graph against eager, same seed: largest relative difference of the logged losses {worst:.2e}")
+sys.exit(0 if worst <= 1e-5 and len(rows[0]) == len(rows[1]) else 1)
+EOF
+then result "4a train --cuda-graph on CuPy ($((SECONDS - t0)) s): the eager run's losses" PASS
+else result "4a train --cuda-graph on CuPy" "FAIL rc=$rc (see $OUT/runG.log)"; fi
+
+# run B: --cuda-graph, Ctrl-C (SIGINT) once its first checkpoint is written and it has trained a
+# little, then --resume: bit for bit run G
+"$PY" "${TRAIN[@]}" --cuda-graph --out-dir "$OUT/runB" > "$OUT/runB.log" 2>&1 &
 pid=$!
 for _ in $(seq 600); do
     [ -f "$OUT/runB/ckpt_latest.npz" ] && break
@@ -135,9 +153,9 @@ sleep 1
 kill -INT "$pid" 2>/dev/null
 wait "$pid"; rc=$?
 grep -E "interrupted at|done:" "$OUT/runB.log"
-cli "${TRAIN[@]}" --out-dir "$OUT/runB" --resume > "$OUT/runB_resume.log" 2>&1
+cli "${TRAIN[@]}" --cuda-graph --out-dir "$OUT/runB" --resume > "$OUT/runB_resume.log" 2>&1
 rc2=$?; tail -2 "$OUT/runB_resume.log"
-if "$PY" - "$OUT/runA" "$OUT/runB" <<'EOF'
+if "$PY" - "$OUT/runG" "$OUT/runB" <<'EOF'
 import json, sys
 import numpy as np
 a, b = sys.argv[1], sys.argv[2]
@@ -151,10 +169,10 @@ print(f"interrupted + resumed run vs uninterrupted: weights and AdamW state bit-
       f"(largest difference {diff:.3g}); metrics identical: {losses[0] == losses[1]}")
 sys.exit(0 if same and losses[0] == losses[1] else 1)
 EOF
-then result "4b Ctrl-C + --resume on CuPy bit-exact" "PASS (SIGINT rc=$rc, resume rc=$rc2)"
-else result "4b Ctrl-C + --resume on CuPy bit-exact" "FAIL (SIGINT rc=$rc, resume rc=$rc2; see above)"; fi
+then result "4b --cuda-graph, Ctrl-C + --resume on CuPy bit-exact" "PASS (SIGINT rc=$rc, resume rc=$rc2)"
+else result "4b --cuda-graph, Ctrl-C + --resume on CuPy bit-exact" "FAIL (SIGINT rc=$rc, resume rc=$rc2; see above)"; fi
 
-for prec in fp32 tf32; do
+for prec in fp32 tf32 bf16; do
     SCRATCHGPT_BACKEND=cupy cli -m scratchgpt sample --out-dir "$OUT/runA" --prompt "The " --max-new-tokens 80 \
         --precision "$prec" > "$OUT/sample_$prec.txt" 2>&1
     rc=$?; head -c 300 "$OUT/sample_$prec.txt"; echo
@@ -202,8 +220,11 @@ rc=$?; tail -2 "$OUT/chat.log"
 section "5. precision: loss curves against fp32"
 timeout 120 "$PY" benchmarks/gpu_precision.py --steps "$PREC_STEPS" 2>&1 | grep -v RuntimeWarning | tee "$OUT/precision.txt"
 rc=${PIPESTATUS[0]}
-if [ "$rc" = 0 ] && ! grep -q OUTSIDE "$OUT/precision.txt"; then result "5 tf32 follows fp32" "PASS ($(grep '^tf32:' "$OUT/precision.txt" | cut -c1-90))"
-else result "5 tf32 follows fp32" "FAIL rc=$rc"; fi
+for prec in tf32 bf16; do
+    line=$(grep "^$prec:" "$OUT/precision.txt" | cut -c1-100)
+    if [ "$rc" = 0 ] && echo "$line" | grep -q within; then result "5 $prec follows fp32" "PASS ($line)"
+    else result "5 $prec follows fp32" "FAIL rc=$rc ($line)"; fi
+done
 
 # ---------------------------------------------------------------- 6. kernel launches per step
 section "6. kernel launches per step"
@@ -234,9 +255,16 @@ if [ "$STANDIN" != 1 ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda
     echo "torch has no CUDA here: ours only"
     BENCH+=(--ours-only)
 fi
-timeout 270 "$PY" benchmarks/gpu.py "${BENCH[@]}" --json "$OUT/gpu.json" 2>&1 | grep -v RuntimeWarning | tee "$OUT/gpu.txt"
+timeout 300 "$PY" benchmarks/gpu.py "${BENCH[@]}" --json "$OUT/gpu.json" 2>&1 | grep -v RuntimeWarning | tee "$OUT/gpu.txt"
 rc=${PIPESTATUS[0]}
 [ "$rc" = 0 ] && result "7 benchmark" "PASS (table above, $OUT/gpu.json)" || result "7 benchmark" "FAIL rc=$rc"
+
+# ---------------------------------------------------------------- 8. the row kernels' block size
+section "8. benchmarks/gpu_kernels.py: LayerNorm and softmax per block size"
+if [ "$STANDIN" != 1 ]; then
+    timeout 60 "$PY" benchmarks/gpu_kernels.py 2>&1 | grep -v Warning | tee "$OUT/kernels.txt"
+    result "8 row kernels" "see $OUT/kernels.txt"
+fi
 
 section "summary (${SECONDS}s in all)"
 cat "$SUMMARY"

@@ -3,7 +3,8 @@ models, for several block sizes: GPU time per call from CUDA events, launch cost
 
     python benchmarks/gpu_kernels.py [--reps 20]
 
-A block handles one row with up to ROW_THREADS threads (kernels/cuda.py); fewer threads per row
+A block handles one row with up to ROW_THREADS threads (SOFTMAX_THREADS for the softmax,
+kernels/cuda.py); fewer threads per row
 means fewer tree-reduction levels and more rows in flight, more means more loads in parallel per
 row. This prints which cap is fastest at each shape, and the bytes each call moves per
 microsecond (GB/s) against the card's memory bandwidth.
@@ -28,7 +29,7 @@ def main():
     import cupy
 
     from scratchgpt.kernels import cuda as K
-    default = K.ROW_THREADS
+    default = K.ROW_THREADS, K.SOFTMAX_THREADS
     r = cupy.random.default_rng(0)
     print(f"{'shape':14} {'kind':8} " + " ".join(f"{f'cap {c} us':>12}" for c in CAPS) + "   (GB/s at the best cap)")
     for name, (kind, shape) in SHAPES.items():
@@ -52,7 +53,7 @@ def main():
         call()                                         # compiled at the default: the shared buffers' size
         times = []
         for cap in CAPS:
-            K.ROW_THREADS = cap
+            K.ROW_THREADS = K.SOFTMAX_THREADS = cap
             try:
                 call()
                 start, stop = cupy.cuda.Event(), cupy.cuda.Event()
@@ -63,7 +64,7 @@ def main():
                 stop.synchronize()
                 times.append(cupy.cuda.get_elapsed_time(start, stop) * 1e3 / a.reps)
             finally:
-                K.ROW_THREADS = default
+                K.ROW_THREADS, K.SOFTMAX_THREADS = default
         best = min(times)
         print(f"{name:14} {kind:8} " + " ".join(f"{t:12.1f}" for t in times) + f"   ({moved / best / 1e3:,.0f})")
 

@@ -104,8 +104,9 @@ def usable(model, world_size=1):
         return "CUDA graphs need the GPU backend (--backend cupy)"
     if world_size > 1:
         return "not with several processes (the all-reduce runs between micro-batches)"
-    if not hasattr(model, "_loss"):
-        return f"{type(model).__name__} has no device-side loss"
+    from scratchgpt.model import GPTModel
+    if type(model) is not GPTModel:
+        return f"GPT-2 models only, not {type(model).__name__} (its ops issue CuPy's own products)"
     if not hasattr(backend.ops, "kernels") or not hasattr(backend.ops.kernels, "gemm"):
         return "the GPU kernels are off (SCRATCHGPT_KERNELS=numpy, or numba.cuda cannot run here)"
     return ""

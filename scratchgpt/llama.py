@@ -277,7 +277,7 @@ class Llama3Model:
     train, eval, num_parameters, zero_grad = GPTModel.train, GPTModel.eval, GPTModel.num_parameters, GPTModel.zero_grad
     state_dict, grads, load_state_dict = GPTModel.state_dict, GPTModel.grads, GPTModel.load_state_dict
     frozen, trainable_names = GPTModel.frozen, GPTModel.trainable_names
-    _check_ids, _check_targets, loss = GPTModel._check_ids, GPTModel._check_targets, GPTModel.loss
+    _check_ids, _check_targets, loss, _loss = GPTModel._check_ids, GPTModel._check_targets, GPTModel.loss, GPTModel._loss
 
     def with_extra_params(self, shapes):
         """What fine-tuning (chapter 6's head, appendix E's LoRA) builds on: not written for Llama 3 / Qwen3."""
@@ -288,7 +288,10 @@ class Llama3Model:
         """(B, T) token ids -> (B, T, vocab_size) logits; keeps what backward needs. With a
         KVCache (generation) the tokens follow the kv_cache.length ones it holds."""
         start = 0 if kv_cache is None else kv_cache.length
-        idx = self._check_ids(idx, start)
+        return self._forward(self._check_ids(idx, start), kv_cache)
+
+    def _forward(self, idx, kv_cache=None):
+        """forward() of checked token ids."""
         x = self.tok_emb.forward(idx)                                             # (B, T, C)
         for i, block in enumerate(self.trf_blocks):
             x = block.forward(x, None if kv_cache is None else kv_cache.block(i))  # (B, T, C)

@@ -240,10 +240,10 @@ FAIL_ON_RANK_1 = """
 import sys
 from scratchgpt import cli, distributed, train
 step = train._step
-def failing_step(model, opt, sampler, cfg, lr, world):
+def failing_step(model, opt, sampler, cfg, lr, world, *rest):
     if world.rank == 1 and sampler.batches_drawn == 3:
         raise ValueError("rank 1 cannot go on")
-    return step(model, opt, sampler, cfg, lr, world)
+    return step(model, opt, sampler, cfg, lr, world, *rest)
 train._step = failing_step
 sys.exit(cli.main(sys.argv[1:]))
 """

@@ -44,9 +44,10 @@ def _train_parser(sub):
     _precision_argument(p)
     p.add_argument("--zero1", action="store_true",
                    help="under mpiexec: each process keeps only its share of AdamW's state (ZeRO-1)")
-    p.add_argument("--cuda-graph", action="store_true",
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="GPU: record each micro-batch's forward and backward once as a CUDA graph and replay it "
-                        "(far fewer kernel launches; small models train several times faster)")
+                        "(far fewer kernel launches; small models train several times faster). Default: on "
+                        "wherever it can be (--backend cupy, one process, a GPT-2 model); --no-cuda-graph: off")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     return p

@@ -79,7 +79,8 @@ class TrainConfig:
     backend: str = field(default_factory=lambda: backend.name)     # the active one (SCRATCHGPT_BACKEND)
     dtype: str = "float32"
     precision: str = "fp32"                  # fp32 | tf32 | bf16 (GPU matrix products, scratchgpt/precision.py)
-    cuda_graph: bool = False                 # GPU: replay each micro-batch's step as a CUDA graph (cuda_graph.py)
+    cuda_graph: bool = None                  # GPU: replay each micro-batch's step as a CUDA graph (cuda_graph.py);
+                                             # None: wherever it can (--backend cupy, one process, GPT-2)
 
     def __post_init__(self):
         for name in ("max_iters", "batch_size", "eval_interval", "eval_iters", "grad_accum"):
@@ -266,12 +267,12 @@ def train(cfg, resume=False, progress=True, log=print, stop_after=None, tokenize
     if world.size > 1:                     # each rank draws its rows of one process's dropout masks
         model.rng = distributed.RowsDropoutRNG(model.rng, world)
     graph = None
-    if cfg.cuda_graph:                     # GPU: each micro-batch's forward and backward as one graph
+    if cfg.cuda_graph or (cfg.cuda_graph is None and cfg.backend == "cupy"):   # each micro-batch's step as one graph
         from scratchgpt import cuda_graph
         why = cuda_graph.usable(model, world.size)
-        if why:
+        if why and cfg.cuda_graph:                              # asked for, and it cannot be
             raise ValueError(f"--cuda-graph: {why}")
-        graph = cuda_graph.GraphStep(model)
+        graph = None if why else cuda_graph.GraphStep(model)
     log(f"model: {model.num_parameters():,} parameters; data: {len(corpus.train):,} train / "
         f"{len(corpus.val):,} val tokens, vocabulary {tokenizer.vocab_size}")
     prompt = _sample_prompt(cfg, tokenizer, corpus)

@@ -71,3 +71,15 @@ def test_user_errors_are_one_line_without_traceback(trained):
     assert p.returncode == 2 and "missing.txt" in p.stderr and "Traceback" not in p.stderr
     p = run("train", "--dataset", "klingon", "--out-dir", "x", cwd=trained, check=False)
     assert p.returncode == 2 and "klingon" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cuda_graph_is_asked_for_only_where_it_can_be(trained):
+    """--cuda-graph on the CPU stops with the reason; the default (on wherever it can be) and
+    --no-cuda-graph train on the CPU as before."""
+    common = ("train", "--text-file", "tiny.txt", "--n-layers", "1", "--n-heads", "2", "--emb-dim", "16",
+              "--context-length", "16", "--batch-size", "4", "--max-iters", "2", "--eval-interval", "2",
+              "--eval-iters", "1", "--sample-tokens", "2", "--no-progress", "--backend", "numpy")
+    p = run(*common, "--out-dir", "graph", "--cuda-graph", cwd=trained, check=False)
+    assert p.returncode == 2 and "--cuda-graph: CUDA graphs need the GPU backend" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    run(*common, "--out-dir", "nograph", "--no-cuda-graph", cwd=trained)

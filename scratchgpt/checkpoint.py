@@ -2,8 +2,9 @@
 
 A checkpoint holds the parameters (`param/<GPT-2 name>`), optionally the AdamW moments
 (`optim/m`, `optim/v`), and one JSON document (`meta.json`, stored as bytes) with the
-config, the tokenizer, the optimizer's scalars and the training state (iteration, RNG
-and data-sampler state), so a run can stop and resume bit-exactly.
+config, the tokenizer, the optimizer's scalars, the names of frozen parameters (fine-tuning)
+and the training state (iteration, RNG and data-sampler state), so a run can stop and
+resume bit-exactly.
 
 Writes are atomic: the file is written next to its destination under a temporary name,
 flushed to disk, then renamed over the old one, so a kill at any moment leaves either the
@@ -44,7 +45,7 @@ def save(path, model, tokenizer=None, optimizer=None, train_state=None):
     meta = {"format": FORMAT, "arch": getattr(model, "arch", "gpt2"), "config": model_config(model),
             "dtype": str(model.dtype),
             "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
-            "train_state": train_state}
+            "frozen": sorted(model.frozen), "train_state": train_state}
     arrays = {f"param/{k}": backend.to_numpy(v) for k, v in model.state_dict().items()}
     if optimizer is not None:
         state = optimizer.state_dict()
@@ -106,6 +107,12 @@ def load(path, dtype=None, config=None):
         model.load_state_dict(params)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    frozen = set(meta.get("frozen") or ())          # none (or an older file): everything trains
+    if frozen:                                      # fine-tuning froze these: keep them frozen
+        unknown = sorted(frozen - set(model.params))
+        if unknown:
+            raise CheckpointError(f"{path} freezes {unknown[:2]}, which the model does not have")
+        model.set_trainable([k for k in model.params if k not in frozen])
     tokenizer = None
     if meta.get("tokenizer") is not None:
         from scratchgpt.tokenizer import tokenizer_from_dict

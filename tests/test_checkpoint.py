@@ -91,3 +91,57 @@ def test_no_pickle_on_the_load_path(tmp_path):
     np.savez(path, **{"meta.json": np.array([{"a": 1}], dtype=object)})
     with pytest.raises(CheckpointError):
         checkpoint.load(path)
+
+
+def one_step(model, params, opt):
+    """One AdamW step through TrainableParams, as fine-tuning takes it."""
+    idx = np.array([[1, 2, 3], [3, 0, 4]])
+    model.zero_grad()
+    model.loss(idx, np.array([[2, 1, 0], [0, 1, 2]]))    # targets < 3: a classifier's labels too
+    model.backward()
+    params.step(opt)
+
+
+def tiny_lora(set_up):
+    from scratchgpt.classifier import add_classification_head
+    from scratchgpt.lora import add_lora
+    base = sg.GPTModel(sg.GPTConfig(vocab_size=7, context_length=4, emb_dim=8, n_heads=2, n_layers=2), seed=0)
+    return set_up(base, add_lora, add_classification_head)
+
+
+@pytest.mark.parametrize("kind", ["lora", "lora+head", "lora, all trainable", "last block"])
+def test_a_reloaded_model_trains_exactly_what_it_trained_before_saving(tmp_path, kind):
+    model = tiny_lora({
+        "lora": lambda m, lora, head: lora(m, 2, targets="c_attn", seed=1),
+        "lora+head": lambda m, lora, head: lora(head(m, 3, seed=1), 2, seed=2, trainable=["score"]),
+        "lora, all trainable": lambda m, lora, head: lora(m, 2, seed=1).set_trainable(None),
+        "last block": lambda m, lora, head: m.freeze(["transformer.h.1", "transformer.ln_f"]),
+    }[kind])
+    checkpoint.save(tmp_path / "ft.npz", model)
+    back = checkpoint.load(tmp_path / "ft.npz").model
+    assert back.frozen == model.frozen and back.trainable_names() == model.trainable_names()
+    assert back.lowest_block == model.lowest_block
+    if kind == "lora, all trainable":
+        assert not back.frozen
+    else:
+        assert back.frozen and all(".lora_" not in k and k != "score.weight" for k in back.frozen)
+    before = {k: v.copy() for k, v in back.params.items()}
+    runs = [(m, sg.TrainableParams(m)) for m in (model, back)]
+    opts = [sg.AdamW(p, lr=1e-2, weight_decay=0.5) for _, p in runs]   # decay would move a weight it held
+    for (m, p), opt in zip(runs, opts):
+        one_step(m, p, opt)
+    np.testing.assert_array_equal(back.flat_params, model.flat_params)  # the same step as before saving
+    for k, v in back.params.items():
+        assert np.array_equal(v, before[k]) == (k in back.frozen), k
+
+
+def test_a_frozen_name_the_model_lacks_is_refused(tmp_path):
+    model = tiny_lora(lambda m, lora, head: lora(m, 2, seed=1))
+    checkpoint.save(tmp_path / "ft.npz", model)
+    meta, arrays = checkpoint.read(tmp_path / "ft.npz")
+    meta["frozen"] = meta["frozen"] + ["transformer.h.9.ln_1.weight"]
+    import json
+    arrays["meta.json"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / "ft.npz", **arrays)
+    with pytest.raises(CheckpointError, match=r"ft.npz freezes \['transformer.h.9.ln_1.weight'\], which the model"):
+        checkpoint.load(tmp_path / "ft.npz")

@@ -47,3 +47,37 @@ def test_embedding_backward_adds_into_out(dtype, kernels):
     np.testing.assert_array_equal(g[[2, 4]], g0[[2, 4]])        # rows of unseen ids untouched
     with pytest.raises(ValueError, match="out has shape"):
         ops.embedding_backward(dout, cache, out=np.zeros((4, 4), dtype))
+
+
+class BlockRecorder(np.ndarray):
+    """An array that notes the shape and memory layout of every block written into it."""
+    writes = []
+
+    def __setitem__(self, key, value):
+        block = np.asarray(self)[key]
+        BlockRecorder.writes.append((block.shape, block.flags.c_contiguous))
+        super().__setitem__(key, value)
+
+
+@pytest.mark.parametrize("shape,block", [((6, 9), 7), ((6, 9), 20), ((9, 6), 20), ((5, 1), 4), ((5, 1), 1)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_linear_backward_adds_dw_in_blocks_of_whole_rows_in_memory_order(shape, block, transposed, monkeypatch):
+    """_add_xt_dout's promise: dW is added a block of rows at a time, each block contiguous in
+    memory (a transposed gradient, as the tied head's, is walked in its own memory order) and
+    as many rows as fit in `block` elements (at least one row), so no temporary is larger."""
+    r = np.random.default_rng(1)
+    d_in, d_out = shape
+    x, dout = r.standard_normal((2, 3, d_in)), r.standard_normal((2, 3, d_out))
+    _, cache = ops.linear_forward(x, r.standard_normal((d_in, d_out)))
+    g = np.zeros((d_out, d_in) if transposed else (d_in, d_out)).view(BlockRecorder)
+    target = g.T if transposed else g
+    monkeypatch.setattr(ops.linear._add_xt_dout, "__defaults__", (block,))
+    BlockRecorder.writes = []
+    ops.linear_backward(dout, cache, dw_out=target)
+    np.testing.assert_allclose(np.asarray(target), x.reshape(-1, d_in).T @ dout.reshape(-1, d_out), rtol=1e-12)
+    walked = target if target.flags.c_contiguous else g     # rows of whichever is laid out row by row
+    rows_total, cols = walked.shape
+    per_block = max(1, block // cols)                       # the most whole rows within `block`
+    want = [min(per_block, rows_total - i) for i in range(0, rows_total, per_block)]
+    assert [s for s, _ in BlockRecorder.writes] == [(n, cols) for n in want]
+    assert all(contiguous for _, contiguous in BlockRecorder.writes)

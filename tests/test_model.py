@@ -281,3 +281,102 @@ def test_deepcopy_gives_an_independent_working_model():
     assert b.grads()["transformer.ln_f.bias"].any()         # the copy's layers write its own buffers
     opt.step()
     assert not np.array_equal(a(idx), b(idx))              # and the original is untouched
+
+
+@pytest.mark.parametrize("trainable", [["*.bias"], ["*.weight"], ["transformer.h.1", "transformer.ln_f"],
+                                       ["transformer.wpe", "transformer.h.0.attn.c_attn.weight"]])
+def test_frozen_parameters_get_no_gradient_and_the_others_their_full_one(kernels, trainable):
+    """Freezing changes which gradients are written, never their values: a frozen weight's
+    layer still passes dx down (and its trainable bias gets db), a frozen LayerNorm weight
+    leaves its bias training, frozen embeddings below a trainable position table stay zero."""
+    cfg = sg.GPTConfig(**TINY, qkv_bias=True, tie_weights=False)
+    model = sg.GPTModel(cfg, seed=0, dtype="float64")
+    idx, tgt = batch(cfg, 2, 6)
+    model.loss(idx, tgt)
+    model.backward()
+    full = {k: g.copy() for k, g in model.grads().items()}
+    model.set_trainable(trainable)
+    assert model.frozen and model.trainable_names()
+    model.loss(idx, tgt)
+    model.backward()
+    for k, g in model.grads().items():
+        if k in model.frozen:
+            assert not g.any(), f"{k} is frozen but got a gradient"
+        else:
+            np.testing.assert_allclose(g, full[k], rtol=1e-12, atol=1e-15, err_msg=k)
+
+
+def test_backward_refuses_when_there_is_nothing_to_differentiate():
+    cfg = sg.GPTConfig(**TINY)
+    model = sg.GPTModel(cfg, seed=0)
+    idx, tgt = batch(cfg, 1, 4)
+    with pytest.raises(RuntimeError, match=r"^backward\(\) needs a forward pass first: "
+                                           r"call model.loss\(\.\.\.\) or model\(idx\)$"):
+        model.backward()
+    no_loss = r"^backward\(\) without dlogits needs model.loss\(idx, targets\) first$"
+    model.loss(idx, tgt)
+    model(idx)                                   # a plain forward after the loss: no loss to differentiate
+    with pytest.raises(RuntimeError, match=no_loss):
+        model.backward()
+    model.loss(idx, tgt)
+    model.backward()
+    with pytest.raises(RuntimeError, match=no_loss):          # a loss is differentiated once
+        model.backward()
+    model.backward(np.ones((1, 4, cfg.vocab_size), np.float32))   # with dlogits it still works
+
+
+def test_loss_skips_the_targets_equal_to_its_ignore_index():
+    cfg = sg.GPTConfig(**TINY)
+    model = sg.GPTModel(cfg, seed=0, dtype="float64")
+    idx, tgt = batch(cfg, 2, 6)
+    tgt[:, 1::3] = -1
+    logits = model(idx)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    keep = tgt != -1
+    want = -np.take_along_axis(logp, np.where(keep, tgt, 0)[..., None], -1)[..., 0][keep].mean()
+    assert abs(model.loss(idx, tgt, ignore_index=-1) - want) < 1e-12
+    with pytest.raises(ValueError, match=r"target id -1 .* not ignore_index \(-100\)"):
+        model.loss(idx, tgt)
+
+
+def test_inputs_may_be_lists_and_bad_ones_get_exact_messages():
+    cfg = sg.GPTConfig(**TINY)
+    model = sg.GPTModel(cfg, seed=0, dtype="float64")
+    idx, tgt = [[1, 2, 3], [4, 5, 6]], [[2, 3, 4], [5, 6, -100]]
+    np.testing.assert_array_equal(model(idx), model(np.array(idx)))
+    assert model.loss(idx, tgt) == model.loss(np.array(idx), np.array(tgt))
+    ids = np.array([[0, 1, 2]])
+    cases = [
+        (lambda: model(np.array([[0, 11]])), r"^token id 11 is outside the vocabulary \(size 11\)$"),
+        (lambda: model(np.zeros((1, 2))), r"^token ids must be integers, got dtype float64$"),
+        (lambda: model(np.zeros((1, 0), np.int64)), r"^token ids are empty: need at least one token per sequence$"),
+        (lambda: model.loss(ids, np.zeros((1, 3))), r"^targets must be integers, got dtype float64$"),
+        (lambda: model.loss(ids, np.zeros((1, 2), np.int64)), r"^targets have shape \(1, 2\), the inputs \(1, 3\)$"),
+        (lambda: model.loss(ids, np.array([[1, 11, 12]])),
+         r"^target id 11 is outside the vocabulary \(size 11\) and is not ignore_index \(-100\)$"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_train_and_eval_set_a_boolean_mode_and_return_the_model():
+    model = sg.GPTModel(sg.GPTConfig(**TINY))
+    assert model.training is True
+    assert model.eval() is model and model.training is False
+    assert model.train() is model and model.training is True
+    assert model.train(False).training is False
+
+
+def test_deepcopy_keeps_gradients_and_references_into_the_model():
+    import copy
+    cfg = sg.GPTConfig(**TINY)
+    a = sg.GPTModel(cfg, seed=0)
+    idx, tgt = batch(cfg, 2, 6)
+    a.loss(idx, tgt)
+    a.backward()
+    wte = a.params["transformer.wte.weight"]
+    b, b_wte = copy.deepcopy((a, wte))                     # one deepcopy: shared objects stay shared
+    assert b_wte is b.params["transformer.wte.weight"] and b_wte is not wte
+    for k, g in a.grads().items():
+        np.testing.assert_array_equal(b.grads()[k], g, err_msg=k)

@@ -145,3 +145,28 @@ def test_fine_tuned_models_come_back_with_their_head_and_adapters(tmp_path, kind
     out = ck.model.eval()(idx)
     np.testing.assert_array_equal(out, model.eval()(idx))
     assert out.shape[-1] == (3 if "classifier" in kind else 7)
+
+
+@pytest.mark.parametrize("arch", ["llama3", "qwen3"])
+def test_llama3_and_qwen3_come_back_as_the_model_they_were(tmp_path, arch):
+    cls, cfg_class = {"llama3": (sg.Llama3Model, sg.Llama3Config), "qwen3": (sg.Qwen3Model, sg.Qwen3Config)}[arch]
+    cfg = cfg_class(vocab_size=20, context_length=8, emb_dim=16, n_heads=4, n_layers=1, hidden_dim=24,
+                    n_kv_groups=2, rope_scaling=None)
+    model = cls(cfg, seed=0, dtype="float64")
+    idx = np.array([[1, 5, 9, 19]])
+    checkpoint.save(tmp_path / "c.npz", model)
+    assert checkpoint.read(tmp_path / "c.npz")[0]["arch"] == arch
+    back = checkpoint.load(tmp_path / "c.npz").model
+    assert type(back) is cls and back.cfg == cfg and back.dtype == np.float64
+    np.testing.assert_array_equal(back(idx), model(idx))
+
+
+def test_an_unknown_architecture_is_refused_and_a_missing_one_is_gpt2(tmp_path):
+    path, model, _ = saved(tmp_path)
+    rewrite(path, lambda m: m.update(arch="mamba"))
+    with pytest.raises(CheckpointError, match=r"c.npz holds a 'mamba' model; known: gpt2, llama3, qwen3$"):
+        checkpoint.load(path)
+    rewrite(path, lambda m: m.pop("arch"))                    # files from before Llama 3 and Qwen3
+    back = checkpoint.load(path).model
+    assert type(back) is sg.GPTModel
+    np.testing.assert_array_equal(back.flat_params, model.flat_params)

@@ -170,3 +170,29 @@ def test_an_unknown_architecture_is_refused_and_a_missing_one_is_gpt2(tmp_path):
     back = checkpoint.load(path).model
     assert type(back) is sg.GPTModel
     np.testing.assert_array_equal(back.flat_params, model.flat_params)
+
+
+def test_a_zero_head_or_rank_in_a_saved_config_means_none():
+    """Older files store num_classes=0 and lora_rank=0 (with an alpha and targets) for a plain model."""
+    cfg = dict(vocab_size=7, context_length=4, emb_dim=8, n_heads=2, n_layers=1)
+    plain = {**cfg, "num_classes": 0, "lora_rank": 0, "lora_alpha": 16.0, "lora_targets": ["attn.c_attn"]}
+    assert checkpoint.split_config(plain) == (sg.GPTConfig(**cfg), {})
+    both = {**cfg, "num_classes": 3, "lora_rank": 2, "lora_alpha": 4.0, "lora_targets": ["mlp.c_fc"]}
+    assert checkpoint.split_config(both)[1] == {"num_classes": 3, "lora_rank": 2, "lora_alpha": 4.0,
+                                                "lora_targets": ["mlp.c_fc"]}
+
+
+def test_build_model_gives_a_float32_model_of_zeros_for_a_loader_to_fill():
+    cfg = sg.GPTConfig(vocab_size=7, context_length=4, emb_dim=8, n_heads=2, n_layers=1)
+    model = checkpoint.build_model(cfg)
+    assert model.dtype == np.float32 and not model.flat_params.any()     # no init drawn, to be overwritten
+
+
+def test_a_lora_config_without_targets_means_all_four_linears(tmp_path):
+    from scratchgpt.lora import add_lora
+    model = add_lora(sg.GPTModel(sg.GPTConfig(vocab_size=7, context_length=4, emb_dim=8, n_heads=2, n_layers=1)), 2)
+    checkpoint.save(tmp_path / "c.npz", model)
+    rewrite(tmp_path / "c.npz", lambda m: m["config"].pop("lora_targets"))
+    back = checkpoint.load(tmp_path / "c.npz").model
+    assert back.extensions["lora_targets"] == ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+    np.testing.assert_array_equal(back.flat_params, model.flat_params)

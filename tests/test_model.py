@@ -283,12 +283,16 @@ def test_deepcopy_gives_an_independent_working_model():
     assert not np.array_equal(a(idx), b(idx))              # and the original is untouched
 
 
-@pytest.mark.parametrize("trainable", [["*.bias"], ["*.weight"], ["transformer.h.1", "transformer.ln_f"],
-                                       ["transformer.wpe", "transformer.h.0.attn.c_attn.weight"]])
-def test_frozen_parameters_get_no_gradient_and_the_others_their_full_one(kernels, trainable):
+@pytest.mark.parametrize("trainable,lowest", [
+    (["*.bias"], 0), (["*.weight"], 0), (["transformer.h.1", "transformer.ln_f"], 1),
+    (["transformer.wpe", "transformer.h.0.attn.c_attn.weight"], 0), (["transformer.wte", "transformer.h.1"], 0),
+    (["transformer.ln_f"], 2)])
+def test_frozen_parameters_get_no_gradient_and_the_others_their_full_one(kernels, trainable, lowest):
     """Freezing changes which gradients are written, never their values: a frozen weight's
     layer still passes dx down (and its trainable bias gets db), a frozen LayerNorm weight
-    leaves its bias training, frozen embeddings below a trainable position table stay zero."""
+    leaves its bias training, frozen embeddings below a trainable position table stay zero.
+    backward() stops below the lowest block holding a trainable parameter (at the bottom when
+    an embedding trains)."""
     cfg = sg.GPTConfig(**TINY, qkv_bias=True, tie_weights=False)
     model = sg.GPTModel(cfg, seed=0, dtype="float64")
     idx, tgt = batch(cfg, 2, 6)
@@ -296,7 +300,8 @@ def test_frozen_parameters_get_no_gradient_and_the_others_their_full_one(kernels
     model.backward()
     full = {k: g.copy() for k, g in model.grads().items()}
     model.set_trainable(trainable)
-    assert model.frozen and model.trainable_names()
+    assert model.frozen and model.trainable_names() and model.lowest_block == lowest
+    assert model.num_trainable_parameters() == sum(full[k].size for k in model.trainable_names())
     model.loss(idx, tgt)
     model.backward()
     for k, g in model.grads().items():
@@ -380,3 +385,50 @@ def test_deepcopy_keeps_gradients_and_references_into_the_model():
     assert b_wte is b.params["transformer.wte.weight"] and b_wte is not wte
     for k, g in a.grads().items():
         np.testing.assert_array_equal(b.grads()[k], g, err_msg=k)
+
+
+def test_config_errors_name_the_field_and_the_value():
+    cases = [({"n_layers": 0}, r"^GPTConfig.n_layers must be a positive integer, got 0$"),
+             ({"drop_rate": 1.0}, r"^drop_rate must be in \[0, 1\), got 1.0$"),
+             ({"drop_rate": 1.5}, r"^drop_rate must be in \[0, 1\), got 1.5$"),
+             ({"gelu_approximate": "erf"}, r"^gelu_approximate must be 'tanh' or 'none', got 'erf'$")]
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            sg.GPTConfig(**{**TINY, **change})
+    with pytest.raises(ValueError, match=r"^unknown GPTConfig fields: \['n_embd'\]$"):
+        sg.GPTConfig.from_dict({**TINY, "n_embd": 12})
+    cfg = sg.GPTConfig(**TINY, drop_rate=0.999)
+    assert sg.GPTConfig.from_dict(cfg.to_dict()) == cfg
+    np.testing.assert_array_equal(sg.GPTModel(cfg.to_dict()).flat_params, sg.GPTModel(cfg).flat_params)
+
+
+def test_the_init_is_gpt2s_and_the_seed_picks_it():
+    """N(0, 0.02) weights, residual projections (c_proj) N(0, 0.02 / sqrt(2 n_layers)), biases 0,
+    LayerNorm weights 1; seed 0 by default; dropout draws from its own generator, seed + 1 (the
+    one train --init-from recreates)."""
+    from scratchgpt.rng import DropoutRNG
+    cfg = sg.GPTConfig(vocab_size=50, context_length=32, emb_dim=64, n_heads=4, n_layers=4, qkv_bias=True)
+    model = sg.GPTModel(cfg, seed=0, dtype="float64")
+    for k, p in model.params.items():
+        if k.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            assert (p == 1).all(), k
+        elif p.ndim == 1:
+            assert not p.any(), k
+        else:
+            std = 0.02 / np.sqrt(2 * cfg.n_layers) if k.endswith("c_proj.weight") else 0.02
+            assert abs(p.std() / std - 1) < 0.06 and abs(p.mean()) < 4 * std / np.sqrt(p.size), k
+    np.testing.assert_array_equal(sg.GPTModel(cfg, dtype="float64").flat_params, model.flat_params)
+    assert not np.array_equal(sg.GPTModel(cfg, seed=1, dtype="float64").flat_params, model.flat_params)
+    for seed in (0, 5):
+        a, b = sg.GPTModel(cfg, seed=seed).rng, DropoutRNG(seed + 1)
+        np.testing.assert_array_equal(a.random((3, 4)), b.random((3, 4)))
+
+
+def test_gelu_and_feed_forward_default_to_gpt2s_tanh_approximation():
+    from scratchgpt.model import GELU, FeedForward
+    x = np.linspace(-3, 3, 7)
+    np.testing.assert_allclose(GELU().forward(x), sg.ops.gelu_forward(x, "tanh")[0], rtol=1e-12)   # erf: 1e-3 off
+    model = sg.GPTModel(sg.GPTConfig(**TINY), seed=0, dtype="float64")
+    h = np.random.default_rng(0).standard_normal((1, 3, TINY["emb_dim"]))
+    np.testing.assert_array_equal(FeedForward(model, "transformer.h.0.mlp.").forward(h),
+                                  model.trf_blocks[0].ff.forward(h))

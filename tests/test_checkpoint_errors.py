@@ -196,3 +196,11 @@ def test_a_lora_config_without_targets_means_all_four_linears(tmp_path):
     back = checkpoint.load(tmp_path / "c.npz").model
     assert back.extensions["lora_targets"] == ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
     np.testing.assert_array_equal(back.flat_params, model.flat_params)
+
+
+def test_a_checkpoint_without_a_stored_dtype_loads_as_float32(tmp_path):
+    path, model, _ = saved(tmp_path, dtype="float64")
+    rewrite(path, lambda m: m.pop("dtype"))
+    back = checkpoint.load(path).model
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back.flat_params, model.flat_params.astype(np.float32))

@@ -139,9 +139,10 @@ def test_a_frozen_name_the_model_lacks_is_refused(tmp_path):
     model = tiny_lora(lambda m, lora, head: lora(m, 2, seed=1))
     checkpoint.save(tmp_path / "ft.npz", model)
     meta, arrays = checkpoint.read(tmp_path / "ft.npz")
-    meta["frozen"] = meta["frozen"] + ["transformer.h.9.ln_1.weight"]
+    meta["frozen"] = meta["frozen"] + ["transformer.h.9.ln_1.weight", "transformer.h.9.ln_2.weight", "x.weight"]
     import json
     arrays["meta.json"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     np.savez(tmp_path / "ft.npz", **arrays)
-    with pytest.raises(CheckpointError, match=r"ft.npz freezes \['transformer.h.9.ln_1.weight'\], which the model"):
+    with pytest.raises(CheckpointError, match=r"ft.npz freezes \['transformer.h.9.ln_1.weight', "
+                                              r"'transformer.h.9.ln_2.weight'\], which the model does not have$"):
         checkpoint.load(tmp_path / "ft.npz")

@@ -204,3 +204,10 @@ def test_a_checkpoint_without_a_stored_dtype_loads_as_float32(tmp_path):
     back = checkpoint.load(path).model
     assert back.dtype == np.float32
     np.testing.assert_array_equal(back.flat_params, model.flat_params.astype(np.float32))
+
+
+def test_the_optimizer_state_comes_back_only_with_its_moments(tmp_path):
+    path, _, _ = saved(tmp_path)
+    rewrite(path, edit_arrays=lambda a: [a.pop("optim/m"), a.pop("optim/v")])
+    ck = checkpoint.load(path)
+    assert ck.optimizer_state is None and ck.train_state == {"iter": 2}

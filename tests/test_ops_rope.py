@@ -81,3 +81,33 @@ def test_llama3_rope_scaling_matches_hugging_face(head_dim, base):
 def test_unknown_rope_scaling_is_refused():
     with pytest.raises(ValueError, match="'yarn' is not supported"):
         rope_inv_freq(8, 10_000.0, {"rope_type": "yarn", "factor": 4.0})
+
+
+def test_the_tables_turn_pair_i_at_position_p_by_p_times_base_to_the_minus_2i_over_d():
+    cos, sin = rope_cos_sin(rope_inv_freq(8), 5)               # base 10,000 by default
+    assert cos.shape == sin.shape == (5, 8)
+    for p in range(5):
+        for i in range(4):
+            angle = p * 10_000.0 ** (-2 * i / 8)
+            for col in (i, i + 4):                             # pair i is (i, i + hd/2)
+                assert abs(cos[p, col] - math.cos(angle)) < 1e-15 and abs(sin[p, col] - math.sin(angle)) < 1e-15
+
+
+def test_llama3_scaling_is_the_books_formula_for_any_band_factors():
+    """The book's Llama 3.1 frequency adjustment, written out here, with low_freq_factor 2 (not
+    Llama's 1, where old / low and old * low agree); "type" is the older config key."""
+    scaling = {"factor": 8.0, "low_freq_factor": 2.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    inv = 1.0 / 10_000.0 ** (np.arange(0, 16, 2) / 16)
+    low_wavelen, high_wavelen, wavelen = 64 / 2.0, 64 / 4.0, 2 * np.pi / inv
+    want = np.where(wavelen > low_wavelen, inv / 8.0, inv)
+    smooth = (64 / wavelen - 2.0) / (4.0 - 2.0)
+    medium = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+    want = np.where(medium, (1 - smooth) * inv / 8.0 + smooth * inv, want)
+    assert medium.any() and (wavelen > low_wavelen).any() and (wavelen < high_wavelen).any()
+    for key in ("rope_type", "type"):
+        np.testing.assert_allclose(rope_inv_freq(16, 10_000.0, {key: "llama3", **scaling}), want, rtol=1e-14)
+
+
+def test_an_odd_head_dim_is_refused():
+    with pytest.raises(ValueError, match=r"^rotary embeddings need an even head_dim, got 7$"):
+        rope_inv_freq(7)

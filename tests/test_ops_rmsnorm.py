@@ -40,3 +40,9 @@ def test_rmsnorm_does_not_subtract_the_mean():
     out, cache = rmsnorm_forward(x, np.ones(3), eps=0.0)
     np.testing.assert_allclose(out, x / np.sqrt(14 / 3), rtol=1e-15)
     assert cache.rstd.shape == (1, 1)
+
+
+def test_rmsnorm_eps_defaults_to_llama_3s_1e_5():
+    x = np.array([[0.01, -0.02, 0.005]])                  # mean square 1.75e-4: eps shows at 1e-2 relative
+    out, _ = rmsnorm_forward(x, np.ones(3))
+    np.testing.assert_allclose(out, x / np.sqrt((x ** 2).mean() + 1e-5), rtol=1e-14)

@@ -141,10 +141,13 @@ def test_resume_and_init_from_together_are_refused(tmp_path):
     assert "--resume and --init-from exclude each other" in res.stderr
 
 
+@pytest.mark.parametrize("graph", [False, True])
 @pytest.mark.parametrize("grad_clip,grad_accum", [(0.0, 1), (0.0, 3), (0.5, 2), (1e-3, 1)])
-def test_one_training_step_is_the_mean_loss_clipped_then_adamw(grad_clip, grad_accum):
+def test_one_training_step_is_the_mean_loss_clipped_then_adamw(grad_clip, grad_accum, graph):
     """train._step by hand: grad_accum micro-batches, gradients averaged, clipped to grad_clip
-    (0 = no clipping), one AdamW step at the given lr; it returns the mean micro-batch loss."""
+    (0 = no clipping), one AdamW step at the given lr; it returns the mean micro-batch loss.
+    graph=True: each micro-batch goes through a `graph` callable, as a CUDA graph's replay
+    (scratchgpt/cuda_graph.py) on a GPU; here an eager stand-in that counts its calls."""
     import scratchgpt as sg
     from scratchgpt.optim import AdamW, clip_grad_norm
     from scratchgpt.tokenizer import CharTokenizer
@@ -158,7 +161,15 @@ def test_one_training_step_is_the_mean_loss_clipped_then_adamw(grad_clip, grad_a
     opt, opt_ref = _make_optimizer(ours, cfg), AdamW(ref, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                                       weight_decay=cfg.weight_decay)
     sampler, sampler_ref = BatchSampler(data, 4, 8, seed=3), BatchSampler(data, 4, 8, seed=3)
-    loss = _step(ours, opt, sampler, cfg, lr=2e-2)
+    calls = []
+
+    def replay(x, y):                                      # what GraphStep does, eagerly
+        calls.append(x.shape)
+        value = ours.loss(x, y)
+        ours.backward()
+        return value
+    loss = _step(ours, opt, sampler, cfg, lr=2e-2, graph=replay if graph else None)
+    assert calls == ([(4, 8)] * grad_accum if graph else [])
     ref.zero_grad()
     losses = []
     for _ in range(grad_accum):

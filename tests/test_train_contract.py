@@ -212,3 +212,60 @@ def test_a_run_started_with_init_from_resumes_bit_exactly(tmp_path, monkeypatch)
     assert wb.optimizer_state["t"] == 8
     strip = lambda rows: [(r["iter"], r["train_loss"], r["val_loss"]) for r in rows]
     assert strip(metrics(parts.out_dir)) == strip(metrics(whole.out_dir))
+
+
+@pytest.mark.parametrize("zero1,shares", [(False, [0.5, 0.0, 0.25, 0.75]), (True, [0.5, 0.0, 0.25, 0.75]),
+                                          (False, [0.0, 0.0])])
+def test_a_ranks_micro_batches_are_weighted_by_their_shares(zero1, shares):
+    """Data parallel, as one rank sees it: micro-batch k's gradient and loss count with the rank's
+    share s_k of that micro-batch's targets, and a share of 0 (every target of the rank ignored)
+    adds nothing and goes on to the next micro-batch: flat_grads = sum_k s_k g_k / grad_accum and
+    the loss returned is sum_k s_k loss_k / grad_accum. In a world of one that reports the shares of
+    a larger world's rank; with ZeRO-1's optimizer too (over MPI's COMM_SELF)."""
+    import scratchgpt as sg
+    from scratchgpt import distributed
+    from scratchgpt.optim import AdamW, clip_grad_norm
+    from scratchgpt.tokenizer import CharTokenizer
+    from scratchgpt.train import _step
+
+    class ShareWorld(distributed.World):
+        def __init__(self, shares):
+            super().__init__()
+            self.shares = list(shares)
+
+        def share(self, targets, ignore_index=-100):
+            return self.shares.pop(0)
+
+    tok = CharTokenizer.from_text(TEXT)
+    data = np.asarray(tok.encode(TEXT))
+    cfg = TrainConfig(text_file="unused.txt", n_layers=1, n_heads=2, emb_dim=16, context_length=8, batch_size=4,
+                      grad_accum=len(shares), grad_clip=0.2, dtype="float64")
+    mcfg = cfg.model_config(tok.vocab_size)
+    ours, ref, scratch = (sg.GPTModel(mcfg, seed=0, dtype="float64") for _ in range(3))
+    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if zero1:                                              # ZeRO-1 over MPI's world of this process alone
+        MPI = pytest.importorskip("mpi4py.MPI", reason="the [mpi] extra (README's test command installs it)")
+        opt = distributed.ZeroAdamW(ours, distributed.World(MPI.COMM_SELF), **kw)
+    else:
+        opt = AdamW(ours, **kw)
+    sampler, sampler_ref = BatchSampler(data, 4, 8, seed=3), BatchSampler(data, 4, 8, seed=3)
+    loss = _step(ours, opt, sampler, cfg, lr=2e-2, world=ShareWorld(shares))
+    ref.zero_grad()
+    total = 0.0
+    for s in shares:
+        x, y = sampler_ref.next()                          # drawn for every micro-batch, counted or not
+        if s == 0:
+            continue
+        scratch.zero_grad()
+        total += s * scratch.loss(x, y)
+        scratch.backward()
+        ref.flat_grads += s * scratch.flat_grads
+    ref.flat_grads /= len(shares)
+    norm = clip_grad_norm(ref, cfg.grad_clip)
+    assert norm > cfg.grad_clip or not any(shares)         # clipping happens (with some targets)
+    opt_ref = AdamW(ref, **kw)
+    opt_ref.lr = 2e-2
+    opt_ref.step()
+    assert loss == pytest.approx(total / len(shares), rel=1e-12)
+    assert float(opt.last_grad_norm) == pytest.approx(float(norm), rel=1e-12)
+    np.testing.assert_allclose(ours.flat_params, ref.flat_params, rtol=1e-12, atol=1e-15)

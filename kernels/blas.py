@@ -20,6 +20,8 @@ import sys
 
 import numpy as np
 
+from scratchgpt.ops.linear import _add_xt_dout
+
 # CBLAS's enum values (cblas.h)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
@@ -122,5 +124,5 @@ def _gemm(lib, A, B, out, add):
 def _numpy_matmul(a, b, out, add):
     if not add:
         return np.matmul(a, b, out=out) if out is not None else a @ b
-    out += a @ b
+    _add_xt_dout(out, a.T, b)        # out += a @ b a block of rows at a time (no out-sized temporary)
     return out

@@ -8,7 +8,8 @@ float64, the dtype is kept): a small Python wrapper checks shapes and dtypes, th
     layernorm_forward(x, w, b, eps) -> out, mean, rstd   layernorm_backward(dout, x, mean, rstd, w) -> dx, dw, db
     gelu_forward(x) -> y                                 gelu_backward(dout, x) -> dx
     cross_entropy_forward_backward(logits, targets, ignore_index) -> loss, dlogits
-    causal_attention_forward(qkv, n_heads) -> y, att     causal_attention_backward(dy, qkv, att, n_heads) -> dqkv
+    cross_entropy_loss(logits, targets, ignore_index) -> loss           (no gradient: evaluation)
+    causal_attention_forward(qkv, n_heads, keep_att=True) -> y, att     causal_attention_backward(dy, qkv, att, n_heads) -> dqkv
     adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay, n_decay)      (in place)
     embedding_backward(dout, ids, out) -> out                            (adds into out)
     matmul(a, b, out=None, add=False) -> out        a @ b on MKL when installed, else NumPy (blas.py)
@@ -45,7 +46,7 @@ if __name__ != "scratchgpt.kernels":
     # them ("No module named 'kernels.attention'").
     raise ImportError(f"import this package as scratchgpt.kernels, not as {__name__!r}")
 
-from .cross_entropy import cross_entropy_forward_backward
+from .cross_entropy import cross_entropy_forward_backward, cross_entropy_loss
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .softmax import causal_softmax_backward, causal_softmax_forward
@@ -54,7 +55,7 @@ __all__ = [
     "causal_softmax_forward", "causal_softmax_backward",
     "layernorm_forward", "layernorm_backward",
     "gelu_forward", "gelu_backward",
-    "cross_entropy_forward_backward",
+    "cross_entropy_forward_backward", "cross_entropy_loss",
 ]
 
 from .attention import causal_attention_backward, causal_attention_forward  # noqa: E402

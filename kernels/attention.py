@@ -52,7 +52,8 @@ PARALLEL_MIN_WORK = 1 << 20
 
 @njit(**SERIAL_OPTIONS)
 def _head_forward(qkv, b, h, n_heads, y, att):
-    """Head h of batch row b: y[b, :, h's features] and its packed weights att (T (T + 1) / 2,)."""
+    """Head h of batch row b: y[b, :, h's features] and its packed weights att (T (T + 1) / 2,),
+    or no weights when att is empty (a forward that no backward follows)."""
     T, C = qkv.shape[1], qkv.shape[2] // 3
     hd = C // n_heads
     scale = qkv.dtype.type(1.0 / np.sqrt(hd))
@@ -69,10 +70,10 @@ def _head_forward(qkv, b, h, n_heads, y, att):
         for j in range(L):
             tot += s[j]
         inv = qkv.dtype.type(1.0 / tot)
-        a = att[t * (t + 1) // 2:(t + 1) * (t + 2) // 2]     # row t of the packed weights
         for j in range(L):
             s[j] *= inv
-            a[j] = s[j]
+        if att.size:                                         # kept for the backward: row t of the packed weights
+            att[t * (t + 1) // 2:(t + 1) * (t + 2) // 2] = s[:L]
         _dots_cols(s, vT, L, y[b, t, h * hd:(h + 1) * hd])   # y[t, d] = sum_j a[t, j] v[j, d]
 
 
@@ -82,21 +83,25 @@ def _attention_forward(qkv, n_heads, y, att):
         _head_forward(qkv, n // n_heads, n % n_heads, n_heads, y, att[n])
 
 
-def causal_attention_forward(qkv, n_heads, out=None, att_out=None):
+def causal_attention_forward(qkv, n_heads, out=None, att_out=None, keep_att=True):
     """Causal self-attention of fused projections qkv (B, T, 3C) -> (y (B, T, C), att).
 
     att (B * n_heads, T (T + 1) / 2) holds the softmax weights, packed lower-triangular, for
     causal_attention_backward. out / att_out: optional arrays of those shapes and qkv's dtype
-    to write y / att into (buffers reused across steps).
+    to write y / att into (buffers reused across steps). keep_att=False (no backward follows):
+    the weights are not stored, and att is None.
     """
     qkv = as_float_array(qkv, "qkv", ndim=3)
     B, T, C3 = qkv.shape
     _check_heads(C3, n_heads)
     y = _output(out, (B, T, C3 // 3), qkv.dtype, "out")
-    att = _output(att_out, (B * n_heads, T * (T + 1) // 2), qkv.dtype, "att_out")
+    if keep_att:
+        att = _output(att_out, (B * n_heads, T * (T + 1) // 2), qkv.dtype, "att_out")
+    else:
+        att = np.empty((B * n_heads, 0), qkv.dtype)         # one empty row per (batch row, head) pair
     if y.size:
-        _attention_forward(qkv, n_heads, y, att, work=att.size * (C3 // 3 // n_heads))
-    return y, att
+        _attention_forward(qkv, n_heads, y, att, work=B * n_heads * T * (T + 1) // 2 * (C3 // 3 // n_heads))
+    return y, (att if keep_att else None)
 
 
 @njit(**SERIAL_OPTIONS)

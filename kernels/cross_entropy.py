@@ -41,14 +41,35 @@ def _cross_entropy_forward_backward(logits, targets, ignore_index, n_valid, dlog
         row_loss[i] = m + np.log(s) - z_tgt
 
 
-def cross_entropy_forward_backward(logits, targets, ignore_index=-100, out=None):
-    """Mean cross-entropy of logits (N, V) against int targets (N,) -> (loss, dlogits (N, V)).
+# the forward alone (evaluation): lse and loss_row as above, no gradient written
+@twins()
+def _cross_entropy_loss(logits, targets, ignore_index, row_loss):
+    N, V = logits.shape
+    for i in prange(N):
+        z, tgt = logits[i], targets[i]
+        if tgt == ignore_index:
+            row_loss[i] = 0.0
+            continue
+        m = row_max(z, V)
+        s = 0.0  # float64 accumulator, also for float32 logits
+        for j in range(V):
+            s += exp(z[j] - m)
+        row_loss[i] = m + np.log(s) - z[tgt]
 
-    loss is a Python float; dlogits is d loss / d logits, in the dtype of logits.
-    out: an optional (N, V) array to write dlogits into (and return). It may be logits itself,
-    which saves an (N, V) array for a large vocabulary, but the row loops then lose SIMD
-    (~4x slower here).
-    """
+
+def cross_entropy_loss(logits, targets, ignore_index=-100):
+    """The loss of cross_entropy_forward_backward alone, for a forward that no backward follows:
+    one read of the logits and no (N, V) gradient written."""
+    logits, targets, n_valid = _check(logits, targets, ignore_index)
+    if n_valid == 0:
+        return 0.0
+    row_loss = np.empty(logits.shape[0], dtype=np.float64)
+    _cross_entropy_loss(logits, targets, int(ignore_index), row_loss, work=logits.size)
+    return float(row_loss.sum() / n_valid)
+
+
+def _check(logits, targets, ignore_index):
+    """logits as a float (N, V) array, targets as int64 (N,) (checked), and the count of valid ones."""
     logits = as_float_array(logits, "logits", ndim=2)
     targets = np.ascontiguousarray(targets)
     if targets.dtype.kind not in "iu":
@@ -63,7 +84,19 @@ def cross_entropy_forward_backward(logits, targets, ignore_index=-100, out=None)
         i = int(np.argmax(bad))
         raise ValueError(f"target {int(targets[i])} at row {i} is outside the vocabulary [0, {V}) "
                          f"and is not ignore_index ({ignore_index})")
-    n_valid = int(valid.sum())
+    return logits, targets, int(valid.sum())
+
+
+def cross_entropy_forward_backward(logits, targets, ignore_index=-100, out=None):
+    """Mean cross-entropy of logits (N, V) against int targets (N,) -> (loss, dlogits (N, V)).
+
+    loss is a Python float; dlogits is d loss / d logits, in the dtype of logits.
+    out: an optional (N, V) array to write dlogits into (and return). It may be logits itself,
+    which saves an (N, V) array for a large vocabulary, but the row loops then lose SIMD
+    (~4x slower here).
+    """
+    logits, targets, n_valid = _check(logits, targets, ignore_index)
+    N = logits.shape[0]
     dlogits = output_array(out, logits)
     if n_valid == 0:
         dlogits[...] = 0.0

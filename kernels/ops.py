@@ -103,6 +103,14 @@ class FastOps:
                                                                     ignore_index)
         return loss, FusedCrossEntropyCache(dlogits, logits.shape)
 
+    def cross_entropy_inference(self, logits, targets, ignore_index=-100):
+        """The loss alone (backend.inference()): no (N, V) gradient written."""
+        kernel = getattr(self.kernels, "cross_entropy_loss", None)
+        if kernel is None:
+            return self.cross_entropy_forward(logits, targets, ignore_index)[0]
+        V = logits.shape[-1]
+        return kernel(logits.reshape(-1, V), targets.reshape(-1), ignore_index)
+
     def cross_entropy_backward(self, dloss, cache):
         if not isinstance(cache, FusedCrossEntropyCache):     # the forward ran the reference code
             return reference.cross_entropy_backward(dloss, cache)
@@ -147,6 +155,13 @@ class FastOps:
             return reference.attention_forward(qkv, n_heads, drop_rate, rng)
         y, att = kernel(qkv, n_heads)                 # att packed: (B * H, T (T + 1) / 2)
         return y, AttentionCache(qkv, att, None, n_heads)
+
+    def attention_inference(self, qkv, n_heads, drop_rate=0.0, rng=None):
+        """attention_forward's output alone (backend.inference()): the weights are not stored."""
+        kernel = getattr(self.kernels, "causal_attention_forward", None)
+        if kernel is None or (drop_rate > 0.0 and rng is not None):
+            return reference.attention_forward(qkv, n_heads, drop_rate, rng)[0]
+        return kernel(qkv, n_heads, keep_att=False)[0]
 
     def attention_backward(self, dy, cache):
         if cache.att.ndim == 4 and hasattr(self.kernels, "gemm"):

@@ -22,6 +22,7 @@ threads for 2 cores) and a short spin for OpenBLAS's idle workers. It changes pr
 settings, so SCRATCHGPT_TUNE_THREADS=0 turns it off; a NUMBA_THREADING_LAYER or
 OPENBLAS_THREAD_TIMEOUT you set yourself always wins.
 """
+import contextlib
 import os
 import warnings
 
@@ -113,6 +114,50 @@ def _select_ops():
         return reference_ops
     tune_threads()
     return FastOps(kernels)
+
+
+# ---- forward passes that no backward follows ------------------------------------------------
+class InferenceOps:
+    """The active op set for forward passes only (see inference()): every `*_forward` returns
+    its output and None for the cache, so nothing a backward would need is kept; an op set that
+    has a cheaper `*_inference` version (the fast ops: attention without storing its weights,
+    cross-entropy without its gradient) runs that instead."""
+
+    def __init__(self, ops):
+        self.ops = ops
+
+    def __repr__(self):
+        return f"InferenceOps({self.ops!r})"
+
+    def __getattr__(self, attr):
+        fn = getattr(self.ops, attr)
+        if not attr.endswith("_forward") or attr == "cached_attention_forward":   # (it keeps no cache)
+            return fn
+        cheap = getattr(self.ops, attr[:-len("_forward")] + "_inference", None)
+        if cheap is not None:
+            return lambda *args, **kw: (cheap(*args, **kw), None)
+        return lambda *args, **kw: (fn(*args, **kw)[0], None)
+
+
+@contextlib.contextmanager
+def inference():
+    """Forward passes inside keep no caches, as under torch.no_grad(): for evaluation and
+    sampling, where no backward follows. A layer's activations are freed as soon as the next
+    layer has used them, and ops skip work only a backward needs. A model's backward() after
+    such a forward raises. Process-wide, like the op switch itself.
+
+        with backend.inference():
+            loss = model.loss(x, y)
+    """
+    outer = globals()["ops"] if "ops" in globals() else __getattr__("ops")
+    if isinstance(outer, InferenceOps):               # nested: already on
+        yield
+        return
+    globals()["ops"] = InferenceOps(outer)
+    try:
+        yield
+    finally:
+        globals()["ops"] = outer
 
 
 _warned = set()

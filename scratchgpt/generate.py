@@ -84,24 +84,25 @@ def generate(model, idx, max_new_tokens, temperature=0.0, top_k=None, top_p=None
     done = xp.zeros(out.shape[0], dtype=bool)
     cache = None
     try:
-        for step in range(max_new_tokens):
-            if use_cache and (cache is None or cache.length < ctx):
-                if cache is None:                     # prefill: the (cropped) prompt at once
-                    cache = model.kv_cache(out.shape[0])
-                    logits = model.forward(out[:, -ctx:], kv_cache=cache)
-                else:                                 # one new token after the cached ones
-                    logits = model.forward(out[:, -1:], kv_cache=cache)
-            else:                                     # no cache, or the window is full
-                logits = model.forward(out[:, -ctx:])
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, rng)
-            if eos_id is not None:
-                nxt = xp.where(done, eos_id, nxt)
-                done |= nxt == eos_id
-            out = xp.concatenate([out, nxt[:, None].astype(out.dtype)], axis=1)
-            if on_token is not None:
-                on_token(backend.to_numpy(nxt))
-            if eos_id is not None and bool(done.all()):
-                break
+        with backend.inference():                       # no backward follows: keep no caches
+            for step in range(max_new_tokens):
+                if use_cache and (cache is None or cache.length < ctx):
+                    if cache is None:                     # prefill: the (cropped) prompt at once
+                        cache = model.kv_cache(out.shape[0])
+                        logits = model.forward(out[:, -ctx:], kv_cache=cache)
+                    else:                                 # one new token after the cached ones
+                        logits = model.forward(out[:, -1:], kv_cache=cache)
+                else:                                     # no cache, or the window is full
+                    logits = model.forward(out[:, -ctx:])
+                nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, rng)
+                if eos_id is not None:
+                    nxt = xp.where(done, eos_id, nxt)
+                    done |= nxt == eos_id
+                out = xp.concatenate([out, nxt[:, None].astype(out.dtype)], axis=1)
+                if on_token is not None:
+                    on_token(backend.to_numpy(nxt))
+                if eos_id is not None and bool(done.all()):
+                    break
     finally:
         model.train(was_training)
     return out

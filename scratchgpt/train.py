@@ -154,12 +154,13 @@ def estimate_loss(model, corpus, cfg, it, world=None):
     world = world or distributed.world()
     model.eval()
     means = []
-    for k, split in enumerate(("train", "val")):
-        data = getattr(corpus, split)
-        rng = numpy.random.default_rng([cfg.seed, it, k])
-        losses = [_my_loss(model, world, *get_batch(data, cfg.batch_size, cfg.context_length, rng))
-                  for _ in range(cfg.eval_iters)]
-        means.append(float(numpy.mean(losses)))
+    with backend.inference():                           # no backward follows: keep no caches
+        for k, split in enumerate(("train", "val")):
+            data = getattr(corpus, split)
+            rng = numpy.random.default_rng([cfg.seed, it, k])
+            losses = [_my_loss(model, world, *get_batch(data, cfg.batch_size, cfg.context_length, rng))
+                      for _ in range(cfg.eval_iters)]
+            means.append(float(numpy.mean(losses)))
     model.train()
     train_loss, val_loss = world.sum_floats(*means)
     return {"train": train_loss, "val": val_loss}

@@ -453,8 +453,10 @@ def machine_info(threads):
         blas = f"{b.get('name')} {b.get('version')}"
     except Exception:
         pass
+    from scratchgpt.kernels import blas as our_blas
+    products = "MKL" if our_blas.library() == "mkl" else "NumPy's BLAS"
     return (f"{cpu}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, "
-            f"NumPy {np.__version__} ({blas}), numba {numba.__version__} "
+            f"NumPy {np.__version__} ({blas}; our linear layers' products on {products}), numba {numba.__version__} "
             f"(threading layer {os.environ.get('NUMBA_THREADING_LAYER', 'default')}), "
             f"torch {torch.__version__}; {threads} threads each")
 

@@ -190,7 +190,9 @@ def main(argv=None):
     import platform
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
+    from scratchgpt.kernels import blas
     print(f"recipe: {a.max_iters} iterations, evaluations of {a.eval_iters} batches; {a.threads} thread(s); {cpu}; "
+          f"our products on {'MKL' if blas.library() == 'mkl' else 'NumPy BLAS'}; "
           f"load average {os.getloadavg()[0]:.2f}")
     rows = {"torch": side(a, "torch"), "ours": side(a, "ours")}
     if not a.no_cli:

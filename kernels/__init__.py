@@ -12,7 +12,8 @@ float64, the dtype is kept): a small Python wrapper checks shapes and dtypes, th
     causal_attention_forward(qkv, n_heads, keep_att=True) -> y, att     causal_attention_backward(dy, qkv, att, n_heads) -> dqkv
     adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay, n_decay)      (in place)
     embedding_backward(dout, ids, out) -> out                            (adds into out)
-    matmul(a, b, out=None, add=False) -> out        a @ b on MKL when installed, else NumPy (blas.py)
+    blas_gemm(a, b, out, trans_a, trans_b, alpha, beta) -> out   the linear layers' products (blas.py:
+                                                    MKL when installed, else NumPy), as cuda_gemm.gemm
 
 The softmax, GELU, cross-entropy and attention functions also take `out=`, an array to write
 their result into: reusing one buffer across training steps saves faulting in fresh memory on
@@ -70,6 +71,6 @@ from .embedding import embedding_backward  # noqa: E402
 
 __all__ += ["embedding_backward"]
 
-from .blas import matmul  # noqa: E402
+from .blas import gemm as blas_gemm  # noqa: E402
 
-__all__ += ["matmul"]
+__all__ += ["blas_gemm"]

@@ -1,16 +1,18 @@
-"""The matrix products of the linear layers: Intel MKL's sgemm/dgemm when the optional `mkl`
-wheel is installed (pip install -e ".[mkl]"), NumPy's matmul (its OpenBLAS) otherwise.
+"""The CPU's matrix products for the linear layers: Intel MKL's sgemm/dgemm when the optional
+`mkl` wheel is installed (pip install -e ".[mkl]"), NumPy's matmul (its OpenBLAS) otherwise.
 
-    matmul(a, b, out=None, add=False)       out = a @ b, or out += a @ b with add=True
+    gemm(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
+        -> out = alpha * op(a) @ op(b) + beta * out
 
-a (M, K) and b (K, N) are 2-D float arrays of one dtype, each C-contiguous or the transpose of
-a C-contiguous array (as `w.T` is): BLAS reads either layout directly, so no transposed copy is
-made. out (M, N) may be either layout too (a transposed gradient view, as the tied head's).
+The same call as the GPU's kernels/cuda_gemm.py, for 2-D arrays: a and b are NumPy arrays of one
+float dtype (C-contiguous ones are read in place by MKL; others take NumPy's path), op transposes
+(a weight's `w.T` is passed as w with trans=True, so no transposed copy is made), out is
+C-contiguous. beta = 1 adds the product into out in the same call: dW += x^T @ dout needs no
+temporary of dW's size.
 
 Why MKL: at the shapes of a small GPT ((768, 128) @ (128, 512) and the like) NumPy's OpenBLAS
-spends 15-20% more time per product than MKL on the Intel Xeons we measured (torch ships MKL),
+spends 10-20% more time per product than MKL on the Intel Xeon we measured (torch ships MKL),
 and the products are most of a training step. It is a 700 MB wheel, so it stays optional.
-`add=True` is one call with beta = 1: dW += x^T @ dout needs no temporary of dW's size.
 SCRATCHGPT_BLAS=numpy turns MKL off even where it is installed.
 """
 import ctypes
@@ -39,24 +41,18 @@ def _load_mkl():
                 lib = ctypes.CDLL(path)
             except OSError:
                 continue
-            args = [ctypes.c_int] * 6
             for name, real in (("cblas_sgemm", ctypes.c_float), ("cblas_dgemm", ctypes.c_double)):
                 fn = getattr(lib, name)
                 fn.restype = None
                 #   layout, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
-                fn.argtypes = args + [real, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
-                                      real, ctypes.c_void_p, ctypes.c_int]
+                fn.argtypes = [ctypes.c_int] * 6 + [real, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                                    ctypes.c_int, real, ctypes.c_void_p, ctypes.c_int]
             return lib
     return None
 
 
 _mkl = None          # loaded on first use: see library()
 _looked = False
-
-
-def library():
-    """"mkl" when the products run on MKL, else "numpy"."""
-    return "mkl" if _get_mkl() is not None else "numpy"
 
 
 def _get_mkl():
@@ -67,62 +63,50 @@ def _get_mkl():
     return _mkl
 
 
-def _operand(a):
-    """(array, transposed, leading dimension) as CBLAS wants it, or None for another layout."""
-    if a.flags.c_contiguous:
-        return a, _NO_TRANS, max(1, a.shape[1])
-    if a.flags.f_contiguous:                 # a.T is C-contiguous: a is (rows, cols) read transposed
-        return a, _TRANS, max(1, a.shape[0])
-    return None
+def library():
+    """"mkl" when the products run on MKL, else "numpy"."""
+    return "mkl" if _get_mkl() is not None else "numpy"
 
 
-def matmul(a, b, out=None, add=False):
-    """out = a @ b (add=False) or out += a @ b (add=True) for 2-D a (M, K), b (K, N); returns out."""
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"matmul needs (M, K) @ (K, N), got {a.shape} @ {b.shape}")
-    M, N = a.shape[0], b.shape[1]
-    if out is not None and out.shape != (M, N):
-        raise ValueError(f"out has shape {out.shape}, the product is {(M, N)}")
-    if add and out is None:
-        raise ValueError("add=True needs out, the array to add the product into")
-    lib = _get_mkl()
-    dtype = a.dtype
-    ok = (lib is not None and dtype in (np.float32, np.float64) and b.dtype == dtype
-          and (out is None or (out.dtype == dtype and out.flags.writeable)))
-    A, B = (_operand(a), _operand(b)) if ok else (None, None)
-    if A is None or B is None or (out is not None and not (out.flags.c_contiguous or out.flags.f_contiguous)):
-        return _numpy_matmul(a, b, out, add)
+def gemm(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    """out = alpha * op(a) @ op(b) + beta * out for C-contiguous 2-D a and b; returns out."""
+    for name, m in (("a", a), ("b", b)):
+        if m.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D array, got shape {m.shape}")
+    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"gemm takes two float32 or two float64 arrays, got {a.dtype} and {b.dtype}")
+    M, K = a.shape[::-1] if trans_a else a.shape
+    K2, N = b.shape[::-1] if trans_b else b.shape
+    if K != K2:
+        raise ValueError(f"gemm: shapes {a.shape}{'^T' * trans_a} and {b.shape}{'^T' * trans_b} do not multiply")
     if out is None:
-        out = np.empty((M, N), dtype=dtype)
-    if not out.flags.c_contiguous:           # out.T is C-contiguous: out^T = b^T @ a^T
-        _gemm(lib, _flip(B), _flip(A), out.T, add)
-    else:
-        _gemm(lib, A, B, out, add)
+        if beta != 0.0:
+            raise ValueError("beta != 0 needs out")
+        out = np.empty((M, N), dtype=a.dtype)
+    elif out.shape != (M, N) or out.dtype != a.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {a.dtype} array of shape {(M, N)}, got {out.dtype} {out.shape}")
+    lib = _get_mkl()
+    if lib is None or not (a.flags.c_contiguous and b.flags.c_contiguous):     # (BLAS needs rows in place)
+        return _numpy_gemm(a.T if trans_a else a, b.T if trans_b else b, out, alpha, beta)
+    if M and N:
+        if K == 0:                           # an empty sum: BLAS may leave out as it was
+            out *= beta
+        else:
+            fn = lib.cblas_sgemm if a.dtype == np.float32 else lib.cblas_dgemm
+            fn(_ROW_MAJOR, _TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS, M, N, K,
+               alpha, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], beta, out.ctypes.data, N)
     return out
 
 
-def _flip(op):
-    """The same matrix, read as its transpose."""
-    arr, trans, ld = op
-    return arr.T, _TRANS if trans == _NO_TRANS else _NO_TRANS, ld
-
-
-def _gemm(lib, A, B, out, add):
-    (a, ta, lda), (b, tb, ldb) = A, B
-    M, K, N = a.shape[0], a.shape[1], b.shape[1]
-    if M == 0 or N == 0:
-        return
-    if K == 0:                               # an empty sum: BLAS may not touch out
-        if not add:
-            out[...] = 0
-        return
-    fn = lib.cblas_sgemm if a.dtype == np.float32 else lib.cblas_dgemm
-    fn(_ROW_MAJOR, ta, tb, M, N, K, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb,
-       1.0 if add else 0.0, out.ctypes.data, max(1, N))
-
-
-def _numpy_matmul(a, b, out, add):
-    if not add:
-        return np.matmul(a, b, out=out) if out is not None else a @ b
-    _add_xt_dout(out, a.T, b)        # out += a @ b a block of rows at a time (no out-sized temporary)
+def _numpy_gemm(opa, opb, out, alpha, beta):
+    if beta == 0.0:
+        np.matmul(opa, opb, out=out)
+        if alpha != 1.0:
+            out *= alpha
+        return out
+    if beta != 1.0:
+        out *= beta
+    if alpha != 1.0:
+        opa = opa * alpha
+    _add_xt_dout(out, opa.T, opb)    # out += opa @ opb a block of rows at a time (no out-sized temporary)
     return out

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from scratchgpt import ops as reference
 from scratchgpt.arrays import array_module
-from scratchgpt.ops import AttentionCache, LayerNormCache, LinearCache
+from scratchgpt.ops import AttentionCache, LayerNormCache
 
 
 class FusedCrossEntropyCache(NamedTuple):
@@ -33,35 +33,6 @@ class FastOps:
 
     def __repr__(self):
         return f"FastOps({self.kernels.__name__})"
-
-    # -- Linear: the products through kernels.blas (MKL where installed), dW added in place
-    def linear_forward(self, x, w, b=None):
-        matmul = getattr(self.kernels, "matmul", None)
-        if matmul is None:
-            return reference.linear_forward(x, w, b)
-        x2 = x.reshape(-1, x.shape[-1])                                    # (N, in)
-        if b is None:
-            out = matmul(x2, w)                                            # (N, in) @ (in, out)
-        else:   # the bias is written first and the product added onto it: no second pass over out
-            out = array_module(x2).empty((x2.shape[0], w.shape[1]), dtype=x2.dtype)
-            out[...] = b
-            matmul(x2, w, out=out, add=True)
-        return out.reshape(*x.shape[:-1], w.shape[-1]), LinearCache(x, w, b is not None)
-
-    def linear_backward(self, dout, cache, dw_out=None):
-        matmul = getattr(self.kernels, "matmul", None)
-        if matmul is None:
-            return reference.linear_backward(dout, cache, dw_out)
-        x, w, has_bias = cache
-        dout2 = dout.reshape(-1, dout.shape[-1])                           # (N, out)
-        x2 = x.reshape(-1, x.shape[-1])                                    # (N, in)
-        dx = matmul(dout2, w.T).reshape(x.shape)                           # dx = dout @ W^T
-        if dw_out is not None:
-            dw = matmul(x2.T, dout2, out=dw_out, add=True)                 # dW += x^T @ dout
-        else:
-            dw = matmul(x2.T, dout2)
-        db = dout2.sum(axis=0) if has_bias else None
-        return dx, dw, db
 
     # -- LayerNorm: one pass per row for mean and rstd, one for the output
     def layernorm_forward(self, x, w, b, eps=1e-5):
@@ -118,9 +89,10 @@ class FastOps:
         return dlogits.reshape(cache.shape)
 
     # -- the linear layer, where the kernel module issues its own GEMMs (the GPU's cuBLAS calls,
-    #    which a CUDA graph can capture); elsewhere the reference code's `x @ w`
+    #    which a CUDA graph can capture; the CPU's kernels/blas.py, MKL where installed);
+    #    elsewhere the reference code's `x @ w`
     def linear_forward(self, x, w, b=None):
-        gemm = getattr(self.kernels, "gemm", None)
+        gemm = getattr(self.kernels, "gemm", None) or getattr(self.kernels, "blas_gemm", None)
         if gemm is None:
             return reference.linear_forward(x, w, b)
         x2 = x.reshape(-1, x.shape[-1])
@@ -130,7 +102,7 @@ class FastOps:
         return out.reshape(*x.shape[:-1], w.shape[-1]), reference.LinearCache(x, w, b is not None)
 
     def linear_backward(self, dout, cache, dw_out=None):
-        gemm = getattr(self.kernels, "gemm", None)
+        gemm = getattr(self.kernels, "gemm", None) or getattr(self.kernels, "blas_gemm", None)
         if gemm is None:
             return reference.linear_backward(dout, cache, dw_out)
         x, w, has_bias = cache

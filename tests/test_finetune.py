@@ -69,7 +69,9 @@ def test_padding_after_the_last_real_token_changes_nothing():
     ids = np.array([[1, 2, 3, 4, 5, 6]])
     a = ft.last_token_logits(model, ids[:, :3], np.array([3]))[1]
     b = ft.last_token_logits(model, np.array([[1, 2, 3, 9, 9, 9]]), np.array([3]))[1]
-    np.testing.assert_array_equal(a, b)
+    # a leak from the padding would move the logits by ~1e-2; MKL (the [mkl] extra) picks its GEMM
+    # kernel by the number of rows, so 3 and 6 tokens may round a logit differently in the last bit
+    np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
 
 
 def test_frozen_backward_stops_at_the_lowest_trainable_block(monkeypatch):

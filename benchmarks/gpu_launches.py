@@ -21,23 +21,13 @@ def main():
     a = ap.parse_args()
     import cupy
     import scratchgpt as sg
-    from gpu import CONFIGS, host_batch, model_config
+    from gpu import CONFIGS, ours_step
     from scratchgpt import backend
     from scratchgpt.kernels import cuda as K
 
     backend.use("cupy")
     cfgd = CONFIGS[a.config]
-    model = sg.GPTModel(sg.GPTConfig(**model_config(cfgd)), seed=0, dtype="float32")
-    opt = sg.AdamW(model, lr=1e-4, weight_decay=0.1)
-    x, y = host_batch(cfgd)
-
-    def step():
-        model.zero_grad()
-        model.loss(x, y)
-        model.backward()
-        sg.clip_grad_norm(model, 1.0)
-        opt.step()
-
+    model, opt, step = ours_step(cfgd)
     step()                                   # compiles the kernels
     cupy.cuda.Device().synchronize()
     launches = [0]

@@ -34,6 +34,8 @@ import os
 
 import numpy as np
 
+from scratchgpt.arrays import array_module
+
 # enums from cublas_api.h and library_types.h
 _OP_N, _OP_T = 0, 1
 _CUDA_R_32F, _CUDA_R_64F, _CUDA_R_16BF = 0, 1, 14
@@ -86,13 +88,6 @@ def from_bf16(bits):
 def _cuda_ready():
     from . import cuda
     return cuda.cuda is not None and cuda.available()
-
-
-def array_module(a):
-    if type(a).__module__.startswith("cupy"):
-        import cupy
-        return cupy
-    return np
 
 
 def _find_libcublas():

@@ -27,6 +27,9 @@ class FastOps:
 
     def __init__(self, kernels):
         self.kernels = kernels
+        # the linear layers' products: the GPU's cuBLAS calls (which a CUDA graph can capture) or
+        # the CPU's kernels/blas.py (MKL where installed); None: the reference code's `x @ w`
+        self.gemm = getattr(kernels, "gemm", None) or getattr(kernels, "blas_gemm", None)
         for name in dir(reference):               # an op with no fast version: the reference one
             if name.endswith(("_forward", "_backward")) and not hasattr(type(self), name):
                 setattr(self, name, getattr(reference, name))
@@ -88,11 +91,9 @@ class FastOps:
         dlogits = cache.dlogits if dloss == 1.0 else cache.dlogits * dloss
         return dlogits.reshape(cache.shape)
 
-    # -- the linear layer, where the kernel module issues its own GEMMs (the GPU's cuBLAS calls,
-    #    which a CUDA graph can capture; the CPU's kernels/blas.py, MKL where installed);
-    #    elsewhere the reference code's `x @ w`
+    # -- the linear layer on the kernel module's own products (self.gemm)
     def linear_forward(self, x, w, b=None):
-        gemm = getattr(self.kernels, "gemm", None) or getattr(self.kernels, "blas_gemm", None)
+        gemm = self.gemm
         if gemm is None:
             return reference.linear_forward(x, w, b)
         x2 = x.reshape(-1, x.shape[-1])
@@ -102,7 +103,7 @@ class FastOps:
         return out.reshape(*x.shape[:-1], w.shape[-1]), reference.LinearCache(x, w, b is not None)
 
     def linear_backward(self, dout, cache, dw_out=None):
-        gemm = getattr(self.kernels, "gemm", None) or getattr(self.kernels, "blas_gemm", None)
+        gemm = self.gemm
         if gemm is None:
             return reference.linear_backward(dout, cache, dw_out)
         x, w, has_bias = cache

@@ -8,8 +8,9 @@ For each config it measures, ours against torch (torch.set_num_threads(--threads
 OpenBLAS and numba with the same number of threads):
 
   train     one step: forward + loss + backward + grad clip (1.0) + AdamW, on a fixed random batch
-  forward   a forward pass of the same batch to logits (ours: model.eval(); model(idx);
-            torch: under torch.no_grad())
+  forward   a forward pass of the same batch to logits, keeping nothing for a backward
+            (ours: model.eval(); model(idx) under backend.inference(); torch: model.eval()
+            under torch.no_grad())
   generate  200 new tokens, greedy, batch 1, after a 4-token prompt, with the KV cache.
             Ours: scratchgpt.generate.generate(model, idx, 200, temperature=0.0). Torch: the loop
             below (torch_generate), written to the same rules: prefill the prompt, then one token
@@ -44,6 +45,10 @@ import subprocess
 import sys
 import time
 
+# The environment this script started with: what both sides' workers get (plus thread counts).
+# machine_info() lets scratchgpt tune this process's threads, which sets variables (libgomp's
+# spin, for one) that torch's own OpenMP would read too; the torch side must not inherit them.
+BASE_ENV = dict(os.environ)
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -98,7 +103,8 @@ class Ours:
 
     def forward(self):
         self.model.eval()
-        self.model(self.x)
+        with self.sg.backend.inference():
+            self.model(self.x)
         self.model.train()
 
     def generate(self, n):
@@ -557,7 +563,7 @@ class InProcess:
 
 def thread_env(threads):
     """Thread pools are sized when their libraries load, so each thread count runs in a fresh process."""
-    env = dict(os.environ)
+    env = dict(BASE_ENV)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[var] = str(threads)
     return env

@@ -25,6 +25,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What both sides' processes start from: scratchgpt sets thread variables in this process once
+# imported (KMP_BLOCKTIME when MKL loads, for one) that torch's side must not inherit.
+BASE_ENV = dict(os.environ)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 
@@ -142,7 +145,7 @@ def child(a):
 
 
 def thread_env(threads):
-    env = dict(os.environ)
+    env = dict(BASE_ENV)
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[k] = str(threads)
     return env

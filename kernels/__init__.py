@@ -32,12 +32,12 @@ compiled with fastmath="reassoc" only, so row sums become SIMD reductions; NaN a
 their meaning. benchmarks/kernels.py compares each op with plain NumPy.
 
 Threads: every core is compiled twice (_common.twins), parallel and serial. Inputs below
-_common.PARALLEL_MIN_WORK elements run serially on the calling thread: one hand-off to numba's
-thread pool and back costs ~100 us here, more than a tiny model's kernel takes on one core.
-Larger ones run on numba's pool of NUMBA_NUM_THREADS threads (default: one per core) with the
-workqueue threading layer, which scratchgpt.backend selects: numba's default OpenMP layer keeps
-its threads spinning between kernels, and they fought OpenBLAS's threads for the two cores
-(a tiny model's training step took 3x longer).
+_common.PARALLEL_MIN_WORK run serially on the calling thread, where handing them to numba's pool
+would cost more than it saves. The threshold depends on numba's threading layer: scratchgpt.backend
+picks OpenMP where it loads (a hand-off costs ~2 us there; even the tiny model's kernels split
+over the cores) and workqueue otherwise (~120 us: only large kernels split). Larger inputs run
+on numba's pool of NUMBA_NUM_THREADS threads (default: one per core); see
+scratchgpt.backend.tune_threads for how that pool and the BLAS's share the cores.
 """
 
 if __name__ != "scratchgpt.kernels":

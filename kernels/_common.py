@@ -2,6 +2,7 @@
 
 import types
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -17,12 +18,37 @@ from numba import njit
 KERNEL_OPTIONS = dict(parallel=True, cache=True, fastmath={"reassoc"}, error_model="numpy")
 
 # Below this much work (elements touched, or multiply-adds for attention) a kernel runs on the
-# calling thread. Handing a loop to numba's thread pool and waiting for it costs ~120 us per call
-# with the workqueue layer on this 2-core VM (an empty prange loop, measured), more than a whole
-# kernel of the tiny model takes on one core. benchmarks/kernels.py times both versions.
-PARALLEL_MIN_WORK = 1 << 22
+# calling thread. What a hand-off to numba's thread pool costs depends on its threading layer
+# (measured on a 2-core VM, an empty prange loop): ~2 us with OpenMP, whose threads wait
+# spinning for the next loop, and ~120 us with workqueue, whose threads sleep; on workqueue only
+# the large kernels are worth splitting. scratchgpt.backend picks OpenMP where numba has it
+# (tune_threads). benchmarks/kernels.py times both versions of each kernel.
+PARALLEL_MIN_WORK = {"omp": 1 << 14, "workqueue": 1 << 22}
 
-# "auto": pick by PARALLEL_MIN_WORK; "parallel" / "serial": always that version (for tests and
+
+def parallel_min_work(thresholds=None):
+    """The threshold of `thresholds` (default PARALLEL_MIN_WORK) for the threading layer numba
+    is set to; a layer not named there (numba's "default", which it resolves only at the first
+    parallel loop) gets workqueue's, the safe side."""
+    thresholds = PARALLEL_MIN_WORK if thresholds is None else thresholds
+    return thresholds.get(_threading_layer(), thresholds["workqueue"])
+
+
+_layer = None
+
+
+def _threading_layer():
+    """The layer numba's pool runs on once it has started, else the one it is set to start."""
+    global _layer
+    if _layer is None:
+        try:
+            _layer = numba.threading_layer()
+        except ValueError:                      # no parallel loop has run yet
+            return numba.config.THREADING_LAYER
+    return _layer
+
+
+# "auto": pick by parallel_min_work(); "parallel" / "serial": always that version (for tests and
 # benchmarks, which must run both).
 PARALLEL = "auto"
 
@@ -60,7 +86,7 @@ class _Twins:
 
     def __call__(self, *args, work):
         if PARALLEL == "auto":
-            big = work >= (PARALLEL_MIN_WORK if self.min_work is None else self.min_work)
+            big = work >= parallel_min_work(self.min_work)
         else:
             big = PARALLEL == "parallel"
         return (self.parallel if big else self.serial)(*args)

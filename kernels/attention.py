@@ -46,8 +46,9 @@ OPTIONS = dict(KERNEL_OPTIONS, fastmath={"reassoc", "contract"})
 SERIAL_OPTIONS = dict(OPTIONS, parallel=False)
 
 # Below this many multiply-adds per q.k product table (B * H * T (T + 1) / 2 * hd) the kernels
-# run on the calling thread (see _common.twins): generation's one-sequence forwards, for one.
-PARALLEL_MIN_WORK = 1 << 20
+# run on the calling thread (see _common.twins), per threading layer: generation's one-sequence
+# forwards, for one, where the hand-off costs more than it saves.
+PARALLEL_MIN_WORK = {"omp": 1 << 15, "workqueue": 1 << 20}
 
 
 @njit(**SERIAL_OPTIONS)

@@ -32,11 +32,12 @@ def _load_mkl():
     """MKL's single dynamic library from the pip wheel (it installs into <prefix>/lib), or None."""
     if os.environ.get("SCRATCHGPT_BLAS", "mkl").lower() == "numpy":
         return None
-    # MKL's OpenMP threads would otherwise spin for 200 ms after each product, taking the cores
-    # from the numba kernel that follows; at 0 they sleep at once and every product pays their
-    # wake-up: KV-cache generation (small model, 2 threads) ran at 145 tok/s against 549 at 1 ms
-    # and 574 at 200 ms, training steps alike at 1 and 200. Read when the library loads; a value
-    # you set wins.
+    # Where numba runs on GNU OpenMP, scratchgpt.backend.tune_threads has set
+    # MKL_THREADING_LAYER=GNU: MKL then shares those threads. Otherwise MKL starts Intel's OpenMP
+    # threads, which would spin for 200 ms after each product, taking the cores from the numba
+    # kernel that follows; at 0 they sleep at once and every product pays their wake-up:
+    # KV-cache generation (small model, 2 threads) ran at 145 tok/s against 549 at 1 ms and 574
+    # at 200 ms, training steps alike at 1 and 200. Read when the library loads; a value you set wins.
     os.environ.setdefault("KMP_BLOCKTIME", "1")
     for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
         for path in sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*"))):

@@ -1,4 +1,5 @@
 """The backend switch."""
+import os
 import subprocess
 import sys
 
@@ -105,3 +106,59 @@ def test_openblas_threads_stop_spinning_soon_after_a_product_unless_the_user_cho
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**env, "OPENBLAS_THREAD_TIMEOUT": "24"})
     assert p.stdout.split()[1] == "24", p.stderr
+
+
+_TUNED = ("NUMBA_THREADING_LAYER", "GOMP_SPINCOUNT", "MKL_THREADING_LAYER", "SCRATCHGPT_TUNE_THREADS")
+_REPORT = ("import os, numpy, numba, scratchgpt; from scratchgpt.kernels import gelu, _common; "
+           "scratchgpt.backend.ops; "                   # the first use of the kernels tunes the threads
+           "gelu.gelu_forward(numpy.ones(1 << 22, numpy.float32)); "     # a parallel loop starts the pool
+           "print(numba.threading_layer(), os.environ.get('GOMP_SPINCOUNT'), "
+           "os.environ.get('MKL_THREADING_LAYER'), _common.parallel_min_work())")
+
+
+def _thread_report(**env):
+    base = {k: v for k, v in os.environ.items() if k not in _TUNED}
+    p = subprocess.run([sys.executable, "-c", _REPORT], capture_output=True, text=True, env={**base, **env})
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout.split()
+
+
+def test_kernels_run_on_numbas_openmp_layer_with_a_short_spin_unless_the_user_chose():
+    if not backend._numba_has_openmp():
+        pytest.skip("numba's OpenMP threading layer does not load here (no GNU OpenMP runtime)")
+    from scratchgpt.kernels import _common
+    assert _thread_report() == ["omp", "20000", "GNU", str(_common.PARALLEL_MIN_WORK["omp"])]
+    assert _thread_report(GOMP_SPINCOUNT="7", MKL_THREADING_LAYER="INTEL") == \
+        ["omp", "7", "INTEL", str(_common.PARALLEL_MIN_WORK["omp"])]
+    # a layer you choose is kept, with its own threshold, and nothing else is set
+    assert _thread_report(NUMBA_THREADING_LAYER="workqueue") == \
+        ["workqueue", "None", "None", str(_common.PARALLEL_MIN_WORK["workqueue"])]
+    assert _thread_report(SCRATCHGPT_TUNE_THREADS="0")[1:3] == ["None", "None"]
+
+
+def test_freed_arrays_memory_is_reused_without_page_faults():
+    """tune_memory: arrays of a few sizes (8-24 MiB) allocated, written and freed again and again,
+    as a training step's activations are, fault in almost no fresh pages once the first ones
+    are in; with it turned off, glibc's malloc hands part of the memory back every round (its
+    thresholds move as big blocks are freed), and those pages are faulted in anew."""
+    if sys.platform != "linux":
+        pytest.skip("glibc's malloc and page-fault counts from getrusage")
+    code = ("import resource, numpy, scratchgpt; scratchgpt.backend.ops\n"
+            "f = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "M = 1 << 20\n"                                                 # 8 MiB of float64
+            "for _ in range(3): numpy.ones(3 * M)\n"
+            "f0 = f()\n"
+            "for _ in range(20):\n"
+            "    a = numpy.ones(3 * M); b = numpy.ones(M); c = numpy.ones(2 * M); del a\n"
+            "    d = numpy.ones(3 * M); del b, c, d\n"
+            "print(f() - f0)")
+    env = {k: v for k, v in os.environ.items() if k != "SCRATCHGPT_TUNE_MEMORY"}
+    faults = {}
+    for tune in ("1", "0"):
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**env, "SCRATCHGPT_TUNE_MEMORY": tune})
+        assert p.returncode == 0, p.stderr[-3000:]
+        faults[tune] = int(p.stdout.split()[-1])
+    pages = 20 * 9 * (1 << 20) * 8 // 4096                # if every array were fresh memory
+    assert faults["1"] < pages // 50, faults               # measured: ~1,000 of 368,640
+    assert faults["0"] > 5 * faults["1"], faults           # measured: ~30,000

@@ -453,9 +453,13 @@ def test_kernels_pick_the_serial_twin_for_small_inputs_and_the_parallel_one_for_
     calls = []
     monkeypatch.setattr(core, "parallel", lambda *a: calls.append("parallel"))
     monkeypatch.setattr(core, "serial", lambda *a: calls.append("serial"))
-    K.gelu_forward(np.zeros(_common.PARALLEL_MIN_WORK - 1, np.float32))
-    K.gelu_forward(np.zeros(_common.PARALLEL_MIN_WORK, np.float32))
-    assert calls == ["serial", "parallel"]
+    for layer in ("omp", "workqueue", "default"):            # "default": workqueue's threshold
+        monkeypatch.setattr(_common, "_layer", layer)            # as if the pool ran on it
+        n = _common.PARALLEL_MIN_WORK["omp" if layer == "omp" else "workqueue"]
+        K.gelu_forward(np.zeros(n - 1, np.float32))
+        K.gelu_forward(np.zeros(n, np.float32))
+    assert calls == ["serial", "parallel"] * 3
+    assert _common.PARALLEL_MIN_WORK["omp"] < _common.PARALLEL_MIN_WORK["workqueue"]
 
 
 def test_serial_and_parallel_twins_agree(monkeypatch):

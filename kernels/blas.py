@@ -1,5 +1,6 @@
-"""The CPU's matrix products for the linear layers: Intel MKL's sgemm/dgemm when the optional
-`mkl` wheel is installed (pip install -e ".[mkl]"), NumPy's matmul (its OpenBLAS) otherwise.
+"""The CPU's matrix products for the linear layers: Intel MKL's sgemm/dgemm when the `mkl` wheel
+is installed (the `mkl` extra, which README's commands install), NumPy's matmul (its OpenBLAS)
+otherwise.
 
     gemm(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
         -> out = alpha * op(a) @ op(b) + beta * out
@@ -12,7 +13,8 @@ temporary of dW's size.
 
 Why MKL: at the shapes of a small GPT ((768, 128) @ (128, 512) and the like) NumPy's OpenBLAS
 spends 10-20% more time per product than MKL on the Intel Xeon we measured (torch ships MKL),
-and the products are most of a training step. It is a 700 MB wheel, so it stays optional.
+and the products are most of a training step. It is a large wheel (~230 MB download, ~700 MB
+installed), so it is an extra, not a requirement.
 SCRATCHGPT_BLAS=numpy turns MKL off even where it is installed.
 """
 import ctypes

@@ -12,6 +12,7 @@ float64, the dtype is kept): a small Python wrapper checks shapes and dtypes, th
     causal_attention_forward(qkv, n_heads, keep_att=True) -> y, att     causal_attention_backward(dy, qkv, att, n_heads) -> dqkv
     adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay, n_decay)      (in place)
     embedding_backward(dout, ids, out) -> out                            (adds into out)
+    add_bias(y, b) -> y  (y += b, in place)                             bias_grad(dout) -> db  (sum over rows)
     blas_gemm(a, b, out, trans_a, trans_b, alpha, beta) -> out   the linear layers' products (blas.py:
                                                     MKL when installed, else NumPy), as cuda_gemm.gemm
 
@@ -72,5 +73,6 @@ from .embedding import embedding_backward  # noqa: E402
 __all__ += ["embedding_backward"]
 
 from .blas import gemm as blas_gemm  # noqa: E402
+from .bias import add_bias, bias_grad  # noqa: E402
 
-__all__ += ["blas_gemm"]
+__all__ += ["blas_gemm", "add_bias", "bias_grad"]

@@ -99,7 +99,11 @@ class FastOps:
         x2 = x.reshape(-1, x.shape[-1])
         out = _gemm_any(gemm, x2, w)                                    # (N, in) @ (in, out)
         if b is not None:
-            out += b
+            add_bias = getattr(self.kernels, "add_bias", None)          # the CPU's: on every thread
+            if add_bias is None:
+                out += b
+            else:
+                add_bias(out, b)
         return out.reshape(*x.shape[:-1], w.shape[-1]), reference.LinearCache(x, w, b is not None)
 
     def linear_backward(self, dout, cache, dw_out=None):
@@ -116,7 +120,8 @@ class FastOps:
         else:                                                            # a transposed view (the tied head)
             gemm(dout2, x2, out=dw_out.T, trans_a=True, beta=1.0)        # dW^T += dout^T @ x
             dw = dw_out
-        db = dout2.sum(axis=0) if has_bias else None
+        bias_grad = getattr(self.kernels, "bias_grad", None)
+        db = None if not has_bias else dout2.sum(axis=0) if bias_grad is None else bias_grad(dout2)
         return dx, dw, db
 
     # -- attention: one kernel for the whole core, only the causal half of the scores

@@ -146,8 +146,9 @@ def test_the_gpu_check_script_and_its_benchmarks_run_on_the_cupy_standin():
     rc, out = run(["benchmarks/gpu_launches.py", "--steps", "1"], env)
     assert rc == 0 and "tiny: 0 numba.cuda launches per step (array code only)" in out, out[-3000:]
     rc, out = run(["benchmarks/gpu.py", "--configs", "tiny", "--steps", "1", "--repeats", "1", "--warmup", "1",
-                   "--ours-only"], env)
+                   "--ours-only", "--flash", "tiny"], env)
     assert rc == 0, out[-3000:]
+    assert "flash attention (SCRATCHGPT_ATTENTION=flash)" in out and "tiny    bf16" in out, out[-3000:]
     row = next(l for l in out.splitlines() if l.startswith("tiny ") and "skipped" in l)
     assert len(row.split()) == 14        # config, tokens, 3 of ours, 3 graph (not here), 3 skipped torch, 3 ratios
 

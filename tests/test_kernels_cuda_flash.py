@@ -250,6 +250,7 @@ def test_scratchgpt_attention_chooses_the_flash_kernels_without_dropout(monkeypa
     assert y == "y" and isinstance(cache, fast_ops.FlashAttentionCache) and cache.drop_mask is None
     assert fast.attention_backward("dy", cache) == "dqkv"
     assert GPUKernels.calls == ["forward", ("backward", "dy", "qkv", "y", "lse", 3)]
+    assert fast.attention_inference("qkv", 3) == "y"                 # sampling and eval take it too
     assert fast._flash(0.1, None) and fast._flash(0.0, object())    # no generator, or p = 0: nothing drawn
     assert not fast._flash(0.1, object())                             # dropout drawn: the gemm path
     monkeypatch.setenv("SCRATCHGPT_ATTENTION", "gemm")

@@ -164,13 +164,14 @@ def _build(dtype, HD, ROWS, TILE):
         bh, tid = cuda.blockIdx.x, cuda.threadIdx.x
         H = C // HD
         b, h = bh // H, bh % H
-        t = cuda.blockIdx.y * ROWS + tid                # this thread's query row
+        tile = cuda.gridDim.y - 1 - cuda.blockIdx.y     # the last query tiles (the most keys) start first
+        t = tile * ROWS + tid                           # this thread's query row
         if t < T:
             for d in range(HD):
                 q[d] = qkv[b, t, h * HD + d] * scale
                 acc[d] = ZERO
         m, l = NEG_INF, ZERO
-        last = (cuda.blockIdx.y + 1) * ROWS             # the block's rows see keys 0..last-1
+        last = (tile + 1) * ROWS             # the block's rows see keys 0..last-1
         if last > T:
             last = T
         for j0 in range(0, last, TILE):
@@ -223,7 +224,8 @@ def _build(dtype, HD, ROWS, TILE):
         bh, tid = cuda.blockIdx.x, cuda.threadIdx.x
         H = C // HD
         b, h = bh // H, bh % H
-        t = cuda.blockIdx.y * ROWS + tid
+        tile = cuda.gridDim.y - 1 - cuda.blockIdx.y     # as in the forward: the longest blocks first
+        t = tile * ROWS + tid
         Dt, lse_t = ZERO, ZERO
         if t < T:
             for d in range(HD):
@@ -233,7 +235,7 @@ def _build(dtype, HD, ROWS, TILE):
                 dq[d] = ZERO
             D[bh, t] = Dt
             lse_t = lse[bh, t]
-        last = (cuda.blockIdx.y + 1) * ROWS
+        last = (tile + 1) * ROWS
         if last > T:
             last = T
         for j0 in range(0, last, TILE):
@@ -275,7 +277,8 @@ def _build(dtype, HD, ROWS, TILE):
         bh, tid = cuda.blockIdx.x, cuda.threadIdx.x
         H = C // HD
         b, h = bh // H, bh % H
-        first = cuda.blockIdx.y * ROWS                  # the block's first key row
+        first = cuda.blockIdx.y * ROWS                  # the block's first key row (the first tiles,
+                                                        # which meet the most queries, start first)
         j = first + tid
         if j < T:
             for d in range(HD):

@@ -10,6 +10,7 @@ rows a block and 4 a tile so that these T span several tiles with a ragged last 
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,9 +53,10 @@ def test_flash_attention_under_the_simulator():
 
 
 @pytest.mark.skipif(SIMULATOR, reason="the simulator compiles nothing")
-def test_the_flash_kernels_compile_for_the_gpu(monkeypatch):
+def test_the_flash_kernels_compile_for_the_gpu(monkeypatch, tmp_path):
     """NVVM types and compiles the three kernels at GPT-2's head size, float32 and float64 (the
-    simulator would accept Python that numba.cuda cannot compile); float32 does no float64 math."""
+    simulator would accept Python that numba.cuda cannot compile), and ptxas assembles them for
+    sm_90 where it is installed; float32 does no float64 math."""
     cuda = pytest.importorskip("numba.cuda")
     try:
         from numba.cuda.cudadrv import nvvm
@@ -79,6 +81,11 @@ def test_the_flash_kernels_compile_for_the_gpu(monkeypatch):
             assert ".entry" in ptx
             if f == float32:
                 assert ".f64" not in ptx, f"{kernel.py_func.__name__} does float64 arithmetic on float32 data"
+            if shutil.which("ptxas"):           # the assembler's limits (registers, shared memory) too
+                (tmp_path / "k.ptx").write_text(ptx)
+                r = subprocess.run(["ptxas", "-arch=sm_90", str(tmp_path / "k.ptx"), "-o", str(tmp_path / "k.cubin")],
+                                   capture_output=True, text=True)
+                assert r.returncode == 0, r.stderr
 
 
 # ---------------------------------------------------------------- helpers

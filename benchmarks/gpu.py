@@ -1,7 +1,7 @@
 """Training-step speed and peak memory on a GPU: ours on CuPy against torch eager, in one run.
 
     pip install --no-deps -e .          # once, from the repository root: maps kernels/ to scratchgpt.kernels
-    python benchmarks/gpu.py [--configs tiny,small,gpt2] [--steps 5] [--repeats 3]
+    python benchmarks/gpu.py [--configs tiny,small,gpt2] [--steps 5] [--repeats 3] [--flash small,gpt2]
 
 Needs CuPy, numba.cuda and torch built for the same CUDA (e.g. cupy-cuda13x, numba-cuda[cu13] and a
 CUDA 13 torch). The editable install matters: the kernels live in the top-level kernels/ folder and
@@ -20,6 +20,10 @@ Python float, for ours and torch alike). Columns:
     torch fp32     torch eager, float32 matmuls in full float32 (TF32 off)
     torch tf32     torch eager, TF32 tensor-core matmuls (torch.set_float32_matmul_precision("high"))
     torch bf16     torch eager under bf16 autocast, with SDPA (flash) attention and the fused AdamW
+
+With --flash CONFIGS, those configs also run ours graph, graph tf32 and graph bf16 with
+SCRATCHGPT_ATTENTION=flash (kernels/cuda_flash.py: no (B, H, T, T) weights stored), printed in a
+table of their own against the same precision's cuBLAS-attention graph and torch.
 
 "ours kernels" and "ours arrays" do not use TF32: scratchgpt.precision.use("fp32") sets CuPy's
 float32 products to full float32 whatever CUPY_TF32 says; "ours tf32" is precision.use("tf32").
@@ -88,11 +92,12 @@ class PeakCounter:
         return mem
 
 
-def bench_ours(cfgd, kernels, steps, repeats, warmup, prec="fp32", graph=False):
+def bench_ours(cfgd, kernels, steps, repeats, warmup, prec="fp32", graph=False, attention="gemm"):
     import cupy
     import scratchgpt as sg
     from scratchgpt import backend, precision
 
+    os.environ["SCRATCHGPT_ATTENTION"] = attention      # read by kernels/ops.py on every call
     backend.use("cupy")
     backend.use_kernels(kernels)
     try:
@@ -127,6 +132,11 @@ def bench_ours(cfgd, kernels, steps, repeats, warmup, prec="fp32", graph=False):
         rate = timed(step, sync, cfgd, steps, repeats, warmup)
         if graph and graph_step.failed:
             return dict(error="failed", why=graph_step.failed)
+        cache = type(model.trf_blocks[0].att.cache).__name__
+        if attention == "flash":
+            if cache != "FlashAttentionCache":
+                return dict(error="not flash", why=f"the attention ran with a {cache}: numba.cuda kernels off?")
+            used += ", flash attention"
         counter = PeakCounter(pool)
         cupy.cuda.set_allocator(counter.malloc)
         try:
@@ -145,6 +155,7 @@ def bench_ours(cfgd, kernels, steps, repeats, warmup, prec="fp32", graph=False):
         pool.free_all_blocks()
         backend.use_kernels(True)
         precision.use("fp32")
+        os.environ.pop("SCRATCHGPT_ATTENTION", None)
 
 
 # ---------------------------------------------------------------- torch
@@ -254,6 +265,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--ours-only", action="store_true", help="skip torch (a dry run without a CUDA torch)")
+    ap.add_argument("--flash", default="", help="comma-separated configs (of --configs) that also run the "
+                    "graph columns with SCRATCHGPT_ATTENTION=flash")
     a = ap.parse_args()
     print(describe(), flush=True)
 
@@ -267,8 +280,12 @@ def main():
         r["ours graph"] = run_one(bench_ours, cfgd, True, *opts, "fp32", True)
         r["graph tf32"] = run_one(bench_ours, cfgd, True, *opts, "tf32", True)
         r["graph bf16"] = run_one(bench_ours, cfgd, True, *opts, "bf16", True)
-        for col in ("ours graph", "graph tf32", "graph bf16"):
-            if "why" in r[col]:
+        if name in a.flash.split(","):
+            for prec in ("fp32", "tf32", "bf16"):
+                r[f"flash {prec}"] = f = run_one(bench_ours, cfgd, True, *opts, prec, True, "flash")
+                print(f"{name}: flash {prec}: {fmt_rate(f)} tokens/s, {fmt_mem(f)} MiB", flush=True)   # kept if timed out
+        for col in ("ours graph", "graph tf32", "graph bf16", "flash fp32", "flash tf32", "flash bf16"):
+            if "why" in r.get(col, {}):
                 print(f"note: {name}: {col}: {r[col]['why']}")
         for col, tf32, bf16 in (("torch fp32", False, False), ("torch tf32", True, False), ("torch bf16", True, True)):
             r[col] = dict(error="skipped") if a.ours_only else run_one(bench_torch, cfgd, tf32, *opts, bf16)
@@ -293,6 +310,19 @@ def main():
     for name, r in results.items():
         print(f"{name:7} " + " ".join(f"{fmt_mem(r[c]):>13}" for c in cols)
               + f" {ratio(r['ours graph'], r['torch fp32'], 'peak_bytes'):>8}")
+    flash = [name for name in results if "flash fp32" in results[name]]
+    if flash:
+        print("\nflash attention (SCRATCHGPT_ATTENTION=flash), CUDA graph: tokens/s and peak MiB, against the graph "
+              "with the cuBLAS attention and torch at the same precision")
+        print(f"{'config':7} {'prec':4} {'flash':>9} {'graph':>9} {'torch':>9} {'vs graph':>8} {'vs torch':>8} "
+              f"{'flash MiB':>9} {'graph MiB':>9} {'torch MiB':>9} {'mem/torch':>9}")
+        for name in flash:
+            r = results[name]
+            for prec, graph_col in (("fp32", "ours graph"), ("tf32", "graph tf32"), ("bf16", "graph bf16")):
+                f, g, t = r[f"flash {prec}"], r[graph_col], r[f"torch {prec}"]
+                print(f"{name:7} {prec:4} {fmt_rate(f):>9} {fmt_rate(g):>9} {fmt_rate(t):>9} "
+                      f"{ratio(f, g, 'tokens_per_s'):>8} {ratio(f, t, 'tokens_per_s'):>8} "
+                      f"{fmt_mem(f):>9} {fmt_mem(g):>9} {fmt_mem(t):>9} {ratio(f, t, 'peak_bytes'):>9}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(device=describe(), configs=CONFIGS, results=results), f, indent=1)

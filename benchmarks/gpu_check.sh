@@ -10,7 +10,8 @@
 #      finetune-cls, finetune-sft and chat on CuPy
 #   5. precision: a tiny model's loss curve in tf32 and in bf16 against fp32
 #   6. kernel launches per training step (numba.cuda counted; everything under nsys if present)
-#   7. benchmarks/gpu.py: tokens/s and peak memory, ours against torch in the same run
+#   7. benchmarks/gpu.py: tokens/s and peak memory, ours against torch in the same run; on small
+#      and GPT-2 also the flash attention (SCRATCHGPT_ATTENTION=flash) in fp32, tf32 and bf16
 #   8. benchmarks/gpu_kernels.py: the LayerNorm and softmax kernels' time per block size
 # Each section has its own time limit, and a failing section does not stop the others; the
 # summary at the end lists every section's result. Logs and JSON go to $OUT (./gpu_check_out).
@@ -19,10 +20,9 @@
 #   GPU_CHECK_STANDIN=1 bash benchmarks/gpu_check.sh    # a dry run on the CPU through the CuPy stand-in
 #                                                       # (tests/fakecupy), small sizes; the tests run it
 #
-# Awaiting their first GPU run: every numba.cuda kernel in kernels/cuda.py (softmax, LayerNorm,
-# GELU, cross-entropy, the atomic-free embedding backward), the CuPy hand-off (as_cuda_array with
-# sync=False, external_stream), the row_stack step for numba-cuda on NumPy 2.5, cupy.add.at (the
-# reference embedding backward), and the TF32 compute-type switch (scratchgpt/precision.py).
+# Awaiting its first GPU run: the flash attention (kernels/cuda_flash.py, SCRATCHGPT_ATTENTION=flash):
+# its correctness in section 3 (tests/test_kernels_cuda_flash.py; in tests/test_gpu.py the whole
+# model's gradients, hd = 64 at T = 300, the CUDA-graph replay), its speed and peak memory in section 7.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -35,12 +35,13 @@ export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$OUT/numba_cache}"
 if [ "$STANDIN" = 1 ]; then
     export PYTHONPATH="$ROOT/tests/fakecupy${PYTHONPATH:+:$PYTHONPATH}"
     ITERS=12; PREC_STEPS=3; T_TESTS=300; T_CLI=300
-    BENCH=(--configs tiny --steps 1 --repeats 1 --warmup 1 --ours-only)
+    BENCH=(--configs tiny --steps 1 --repeats 1 --warmup 1 --ours-only --flash tiny)
     TESTS=(tests/test_gpu.py tests/test_precision.py)
 else
-    ITERS=300; PREC_STEPS=100; T_TESTS=180; T_CLI=150
-    BENCH=(--configs tiny,small,gpt2 --steps 5 --repeats 3 --warmup 2)
-    TESTS=(tests/test_gpu.py tests/test_kernels_cuda.py tests/test_kernels_cuda_available.py tests/test_precision.py)
+    ITERS=300; PREC_STEPS=100; T_TESTS=240; T_CLI=150
+    BENCH=(--configs tiny,small,gpt2 --steps 5 --repeats 3 --warmup 2 --flash small,gpt2)
+    TESTS=(tests/test_gpu.py tests/test_kernels_cuda.py tests/test_kernels_cuda_flash.py
+           tests/test_kernels_cuda_available.py tests/test_precision.py)
 fi
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -255,7 +256,7 @@ if [ "$STANDIN" != 1 ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda
     echo "torch has no CUDA here: ours only"
     BENCH+=(--ours-only)
 fi
-timeout 300 "$PY" benchmarks/gpu.py "${BENCH[@]}" --json "$OUT/gpu.json" 2>&1 | grep -v RuntimeWarning | tee "$OUT/gpu.txt"
+timeout 390 "$PY" benchmarks/gpu.py "${BENCH[@]}" --json "$OUT/gpu.json" 2>&1 | grep -v RuntimeWarning | tee "$OUT/gpu.txt"
 rc=${PIPESTATUS[0]}
 [ "$rc" = 0 ] && result "7 benchmark" "PASS (table above, $OUT/gpu.json)" || result "7 benchmark" "FAIL rc=$rc"
 

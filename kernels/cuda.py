@@ -8,6 +8,8 @@ The same functions, arguments and results as the CPU kernels beside this file, o
     cross_entropy_forward_backward(logits, targets, ignore_index, out=None) -> loss, dlogits
     embedding_backward(dout, ids, out) -> out (the (V, C) gradient, added into in place)
     adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay, n_decay)   (flat buffers, in place)
+    flash_attention_forward(qkv, n_heads) -> y, lse     flash_attention_backward(dy, qkv, y, lse, n_heads) -> dqkv
+                                                        (cuda_flash.py: attention without the T x T weights)
 
 Arrays. CuPy arrays in real use: the results are CuPy arrays from CuPy's memory pool, and the
 kernels run on CuPy's current stream, so they queue behind CuPy's own work with no host
@@ -591,3 +593,5 @@ def _launch(kernel, grid, threads, *args):
 from .cuda_step import adamw_step, cross_entropy_forward_backward, embedding_backward  # noqa: E402,F401
 # the matrix products: cuBLAS called directly, so that a CUDA graph can capture them
 from .cuda_gemm import gemm  # noqa: E402,F401
+# the causal attention without the T x T weights (SCRATCHGPT_ATTENTION=flash in kernels/ops.py)
+from .cuda_flash import flash_attention_backward, flash_attention_forward  # noqa: E402,F401

@@ -8,8 +8,17 @@ reference code. scratchgpt.backend picks between this and scratchgpt.ops, in one
 
     backend.ops.layernorm_forward(x, w, b)   ->  FastOps(kernels).layernorm_forward, or
                                                  scratchgpt.ops.layernorm_forward
+
+On the GPU the attention core has two versions, chosen by the environment variable
+SCRATCHGPT_ATTENTION (read on every call):
+    gemm   (the default) cuBLAS batched products and the softmax kernel; the (B, H, T, T)
+           weights are kept for the backward
+    flash  kernels/cuda_flash.py: tiles and an online softmax, no T x T matrix in memory; the
+           cache keeps qkv, y and each row's log-sum-exp, and the backward recomputes the weights.
+           Attention dropout (drop_rate > 0 while training) keeps the gemm version.
 """
 import math
+import os
 from typing import NamedTuple
 
 from scratchgpt import ops as reference
@@ -20,6 +29,23 @@ from scratchgpt.ops import AttentionCache, LayerNormCache
 class FusedCrossEntropyCache(NamedTuple):
     dlogits: object      # (N, V) (softmax - onehot) / n, formed in the forward's one pass
     shape: tuple         # the logits' original shape
+
+
+class FlashAttentionCache(NamedTuple):
+    qkv: object          # (B, T, 3C) the fused projections
+    y: object            # (B, T, C) the attention's output
+    lse: object          # (B * H, T) log-sum-exp of each query row's scaled scores
+    n_heads: int
+    drop_mask = None     # never dropout here (model.dropout_masks() asks)
+
+
+def attention_kind():
+    """'gemm' or 'flash': the GPU's attention core, from SCRATCHGPT_ATTENTION (see the module's docstring)."""
+    kind = os.environ.get("SCRATCHGPT_ATTENTION", "").lower() or "gemm"
+    if kind not in ("gemm", "flash"):
+        raise ValueError(f"SCRATCHGPT_ATTENTION={kind!r} is not known: 'gemm' (the default, cuBLAS products, "
+                         "the weights stored) or 'flash' (kernels/cuda_flash.py)")
+    return kind
 
 
 class FastOps:
@@ -126,6 +152,9 @@ class FastOps:
 
     # -- attention: one kernel for the whole core, only the causal half of the scores
     def attention_forward(self, qkv, n_heads, drop_rate=0.0, rng=None):
+        if self._flash(drop_rate, rng):               # the GPU, opted in: no (B, H, T, T) weights kept
+            y, lse = self.kernels.flash_attention_forward(qkv, n_heads)
+            return y, FlashAttentionCache(qkv, y, lse, n_heads)
         if hasattr(self.kernels, "gemm"):             # the GPU: cuBLAS products, the softmax kernel
             return _gemm_attention_forward(self, qkv, n_heads, drop_rate, rng)
         kernel = getattr(self.kernels, "causal_attention_forward", None)
@@ -136,17 +165,26 @@ class FastOps:
 
     def attention_inference(self, qkv, n_heads, drop_rate=0.0, rng=None):
         """attention_forward's output alone (backend.inference()): the weights are not stored."""
+        if self._flash(drop_rate, rng):
+            return self.kernels.flash_attention_forward(qkv, n_heads)[0]
         kernel = getattr(self.kernels, "causal_attention_forward", None)
         if kernel is None or (drop_rate > 0.0 and rng is not None):
             return reference.attention_forward(qkv, n_heads, drop_rate, rng)[0]
         return kernel(qkv, n_heads, keep_att=False)[0]
 
     def attention_backward(self, dy, cache):
+        if isinstance(cache, FlashAttentionCache):
+            return self.kernels.flash_attention_backward(dy, cache.qkv, cache.y, cache.lse, cache.n_heads)
         if cache.att.ndim == 4 and hasattr(self.kernels, "gemm"):
             return _gemm_attention_backward(self, dy, cache)
         if cache.att.ndim == 4:                       # (B, H, T, T): the forward ran the reference code
             return reference.attention_backward(dy, cache)
         return self.kernels.causal_attention_backward(dy, cache.qkv, cache.att, cache.n_heads)
+
+    def _flash(self, drop_rate, rng):
+        """Whether attention runs kernels/cuda_flash.py: on the GPU, asked for, and no dropout to draw."""
+        return hasattr(self.kernels, "flash_attention_forward") and attention_kind() == "flash" \
+            and not (drop_rate > 0.0 and rng is not None)
 
     # -- the embedding's scatter-add: one loop over the ids (np.add.at is ~80x slower)
     def embedding_backward(self, dout, cache, out=None):

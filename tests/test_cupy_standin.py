@@ -47,18 +47,19 @@ def test_the_gpu_tests_pass_on_the_cupy_standin():
     rc, out = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"], standin_env())
     assert rc == 0, out[-6000:]
     c = counts(out)
-    # all but the seven that need numba.cuda (without the simulator it is not usable here: three
-    # kernel tests, the two CUDA-graph ones, bf16's rounding kernel and loss curve), the TF32 loss
-    # curve (the stand-in has no TF32) and the NCCL sum (the stand-in has no NCCL)
-    assert c.get("passed", 0) >= 19 and c.get("skipped", 0) == 9, out[-2000:]
+    # all but the twelve that need numba.cuda (without the simulator it is not usable here: three
+    # kernel tests, the three CUDA-graph ones, bf16's rounding kernel and loss curve, the flash
+    # attention's four), the TF32 loss curve (the stand-in has no TF32) and the NCCL sum (no NCCL)
+    assert c.get("passed", 0) >= 19 and c.get("skipped", 0) == 14, out[-2000:]
 
 
 def test_the_cuda_kernels_take_cupy_arrays_under_the_simulator():
     rc, out = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py", "-k",
-                   "kernel_switch or (whole_model and numba and variant0)"],
+                   "kernel_switch or (whole_model and numba and variant0) or (flash_attention_gives and float64)"],
                   standin_env(NUMBA_ENABLE_CUDASIM="1"))
     assert rc == 0, out[-6000:]
-    assert counts(out) == {"passed": 3}, out[-2000:]        # the switch, gradients in float64 and float32
+    assert counts(out) == {"passed": 4}, out[-2000:]        # the switch, gradients in float64 and float32,
+                                                            # and in float64 with SCRATCHGPT_ATTENTION=flash
 
 
 def metrics(run_dir):
@@ -145,8 +146,9 @@ def test_the_gpu_check_script_and_its_benchmarks_run_on_the_cupy_standin():
     rc, out = run(["benchmarks/gpu_launches.py", "--steps", "1"], env)
     assert rc == 0 and "tiny: 0 numba.cuda launches per step (array code only)" in out, out[-3000:]
     rc, out = run(["benchmarks/gpu.py", "--configs", "tiny", "--steps", "1", "--repeats", "1", "--warmup", "1",
-                   "--ours-only"], env)
+                   "--ours-only", "--flash", "tiny"], env)
     assert rc == 0, out[-3000:]
+    assert "flash attention (SCRATCHGPT_ATTENTION=flash)" in out and "tiny    bf16" in out, out[-3000:]
     row = next(l for l in out.splitlines() if l.startswith("tiny ") and "skipped" in l)
     assert len(row.split()) == 14        # config, tokens, 3 of ours, 3 graph (not here), 3 skipped torch, 3 ratios
 
@@ -182,3 +184,15 @@ def test_the_cuda_graph_step_records_without_a_host_synchronisation():
     assert "draws per step 7" in out, out[-2000:]             # embedding + 3 per block, 2 blocks
     assert "recorded; the CuPy stand-in records a CUDA graph but cannot replay it | failed: '' | " \
            "draws advanced: 7" in out, out[-2000:]
+
+
+def test_the_cuda_graph_step_records_the_flash_attention_without_a_host_synchronisation():
+    """The same recording with SCRATCHGPT_ATTENTION=flash and no dropout (dropout in attention
+    keeps the cuBLAS path): kernels/cuda_flash.py's launches are recorded, with no synchronisation."""
+    script = GRAPH_SCRIPT.replace("drop_rate=0.1", "drop_rate=0.0") + \
+        "\nprint('attention cache:', type(model.trf_blocks[0].att.cache).__name__)\n"
+    rc, out = run(["-c", script], standin_env(NUMBA_ENABLE_CUDASIM="1", SCRATCHGPT_ATTENTION="flash"))
+    assert rc == 0, out[-4000:]
+    assert "recorded; the CuPy stand-in records a CUDA graph but cannot replay it | failed: '' | " \
+           "draws advanced: 0" in out, out[-2000:]
+    assert "attention cache: FlashAttentionCache" in out, out[-2000:]

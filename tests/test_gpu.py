@@ -67,6 +67,10 @@ def test_whole_model_gradients_on_the_gpu_match_torch(dtype, variant, kernels):
     # SCRATCHGPT_KERNELS=numba runs the numba.cuda kernels where they can run, =numpy the array code
     expected = usable_cuda_kernels() if kernels == "numba" else None
     assert getattr(backend.ops, "kernels", None) is expected     # FastOps(kernels) or the reference ops
+    check_loss_and_gradients_against_torch(model, cfg, dtype)
+
+
+def check_loss_and_gradients_against_torch(model, cfg, dtype):
     r = np.random.default_rng(0)
     idx, tgt = r.integers(0, 11, (2, 8)), r.integers(0, 11, (2, 8))
     tgt[0, ::2] = -100
@@ -80,6 +84,49 @@ def test_whole_model_gradients_on_the_gpu_match_torch(dtype, variant, kernels):
     assert_close(np.array(loss), ref_loss, dtype, "loss")
     for name, g in model.grads().items():
         assert_close(g, P[name].grad, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_flash_attention_gives_the_whole_model_gradients(dtype, monkeypatch):
+    """SCRATCHGPT_ATTENTION=flash: the model's attention runs kernels/cuda_flash.py (no stored
+    weights), and the loss and every gradient still match torch's."""
+    kernels = cuda_kernels()
+    from scratchgpt.kernels.ops import FlashAttentionCache
+    monkeypatch.setenv("SCRATCHGPT_ATTENTION", "flash")
+    was_on = hasattr(backend.ops, "kernels")
+    backend.use_kernels(True)
+    try:
+        assert backend.ops.kernels is kernels
+        cfg = sg.GPTConfig(**TINY)
+        model = sg.GPTModel(cfg, seed=0, dtype=dtype)
+        check_loss_and_gradients_against_torch(model, cfg, dtype)
+        assert all(isinstance(b.att.cache, FlashAttentionCache) for b in model.trf_blocks)
+    finally:
+        backend.use_kernels(was_on)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_flash_kernels_at_gpt2s_head_size(dtype):
+    """kernels/cuda_flash.py with its usual tiles at hd = 64, T = 300 (five blocks of 64 query rows,
+    ten key tiles of 32, the last ones ragged) against the reference attention in float64.
+    float32 sums over up to 300 keys: y within 1e-5, the gradients within 5e-5 (max-relative)."""
+    cuda_kernels()
+    if cupy.__version__.endswith("standin"):
+        pytest.skip("too large for numba's simulator: tests/test_kernels_cuda_flash.py runs small shapes there")
+    from scratchgpt.kernels import cuda_flash
+    r = np.random.default_rng(7)
+    B, H, T, hd = 2, 3, 300, 64
+    qkv = r.standard_normal((B, T, 3 * H * hd))
+    dy = r.standard_normal((B, T, H * hd))
+    y, lse = cuda_flash.flash_attention_forward(cupy.asarray(qkv.astype(dtype)), H)
+    dqkv = cuda_flash.flash_attention_backward(cupy.asarray(dy.astype(dtype)), cupy.asarray(qkv.astype(dtype)),
+                                               y, lse, H)
+    y_ref, cache = ops.attention_forward(qkv, H)             # scratchgpt.ops: the array code, NumPy float64
+    tol = {np.float64: (1e-12, 1e-12), np.float32: (1e-5, 5e-5)}[dtype]
+    for got, want, t, name in ((y, y_ref, tol[0], "y"), (dqkv, ops.attention_backward(dy, cache), tol[1], "dqkv")):
+        got = host(got).astype(np.float64)
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert err <= t, f"{name}: relative error {err:.3g} > {t:g}"
 
 
 def usable_cuda_kernels():
@@ -259,11 +306,13 @@ def test_the_cublas_products_match_cupy_matmul(dtype):
         assert cuda_gemm.why_not == "", cuda_gemm.why_not   # cuBLAS itself ran, not the fallback
 
 
-@pytest.mark.parametrize("drop_rate", [0.0, 0.2])
-def test_a_step_replayed_as_a_cuda_graph_matches_the_eager_step(drop_rate):
+@pytest.mark.parametrize("drop_rate, attention", [(0.0, "gemm"), (0.2, "gemm"), (0.0, "flash")])
+def test_a_step_replayed_as_a_cuda_graph_matches_the_eager_step(drop_rate, attention, monkeypatch):
     """scratchgpt/cuda_graph.py: the same losses, gradients and dropout draws as eager steps, over
-    several replays with new batches (float64: the same kernels, so equal to rounding)."""
+    several replays with new batches (float64: the same kernels, so equal to rounding); also with
+    the flash attention's kernels recorded in the graph."""
     cuda_kernels()
+    monkeypatch.setenv("SCRATCHGPT_ATTENTION", attention)
     from scratchgpt import cuda_graph
     cfg = sg.GPTConfig(**TINY, drop_rate=drop_rate)
     r = np.random.default_rng(2)
@@ -287,6 +336,8 @@ def test_a_step_replayed_as_a_cuda_graph_matches_the_eager_step(drop_rate):
         runs[mode + " draws"] = model.rng.draws
         if step is not None:
             assert step.graph is not None and step.failed == "", step.failed
+        assert type(model.trf_blocks[0].att.cache).__name__ == \
+            {"flash": "FlashAttentionCache", "gemm": "AttentionCache"}[attention]
     assert runs["graph draws"] == runs["eager draws"]
     for got, want in zip(runs["graph"], runs["eager"]):
         assert_close(np.asarray(got), np.asarray(want), np.float64)

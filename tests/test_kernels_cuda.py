@@ -17,34 +17,14 @@ grids of 2 blocks, so that every thread strides over several elements and the tr
 run several levels even on these tiny arrays.
 """
 import math
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cudasim_helpers import RUN_HERE, SIMULATOR, run_under_simulator
 from scratchgpt import backend, ops
 
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-if SIMULATOR:
-    # The simulator's threads of a block all meet at every syncthreads; with Python's default
-    # 5 ms thread switch interval each meeting waits out time slices (measured: 10x slower).
-    sys.setswitchinterval(1e-4)
 
-
-def _gpu_here():
-    """numba.cuda sees a GPU and has its compiler (checked by the module itself)."""
-    try:
-        from scratchgpt.kernels import cuda
-        return cuda.available()
-    except ImportError:
-        return False
-
-
-RUN_HERE = SIMULATOR or _gpu_here()
 on_the_device = pytest.mark.skipif(not RUN_HERE, reason="no GPU: these run under the simulator, in "
                                    "test_cuda_kernels_under_the_simulator")
 
@@ -56,14 +36,7 @@ DTYPES = [np.float32, np.float64]
 
 @pytest.mark.skipif(RUN_HERE, reason="the checks run directly here")
 def test_cuda_kernels_under_the_simulator():
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "SCRATCHGPT_BACKEND": "numpy"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, f"the CUDA kernels failed under the simulator:\n{out[-6000:]}"
-    skipped = re.search(r"(\d+) skipped", out)
-    assert " passed" in out and (skipped is None or int(skipped[1]) <= 2), out[-2000:]   # only the two above
+    run_under_simulator(__file__, "the CUDA kernels")
 
 
 @pytest.mark.skipif(SIMULATOR, reason="the simulator compiles nothing")

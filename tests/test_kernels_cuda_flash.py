@@ -8,32 +8,16 @@ thread as Python, so shapes stay small (T up to 37, hd 8 or 16), and the tiles a
 rows a block and 4 a tile so that these T span several tiles with a ragged last one.
 """
 import math
-import os
-import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cudasim_helpers import RUN_HERE, SIMULATOR, run_under_simulator
 from scratchgpt import backend, ops
 
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-if SIMULATOR:
-    sys.setswitchinterval(1e-4)       # the simulator's threads meet at every syncthreads (see test_kernels_cuda.py)
 
-
-def _gpu_here():
-    try:
-        from scratchgpt.kernels import cuda
-        return cuda.available()
-    except ImportError:
-        return False
-
-
-RUN_HERE = SIMULATOR or _gpu_here()
 on_the_device = pytest.mark.skipif(not RUN_HERE, reason="no GPU: these run under the simulator, in "
                                    "test_flash_attention_under_the_simulator")
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -42,14 +26,7 @@ DTYPES = [np.float32, np.float64]
 
 @pytest.mark.skipif(RUN_HERE, reason="the checks run directly here")
 def test_flash_attention_under_the_simulator():
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "SCRATCHGPT_BACKEND": "numpy"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, f"the flash attention failed under the simulator:\n{out[-6000:]}"
-    skipped = re.search(r"(\d+) skipped", out)
-    assert " passed" in out and (skipped is None or int(skipped[1]) <= 2), out[-2000:]   # only the two here
+    run_under_simulator(__file__, "the flash attention")
 
 
 @pytest.mark.skipif(SIMULATOR, reason="the simulator compiles nothing")

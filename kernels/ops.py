@@ -56,6 +56,9 @@ class FastOps:
         # the linear layers' products: the GPU's cuBLAS calls (which a CUDA graph can capture) or
         # the CPU's kernels/blas.py (MKL where installed); None: the reference code's `x @ w`
         self.gemm = getattr(kernels, "gemm", None) or getattr(kernels, "blas_gemm", None)
+        # the bias's add and gradient on every thread (the CPU's kernels/bias.py); None: NumPy's
+        self.add_bias = getattr(kernels, "add_bias", None)
+        self.bias_grad = getattr(kernels, "bias_grad", None)
         for name in dir(reference):               # an op with no fast version: the reference one
             if name.endswith(("_forward", "_backward")) and not hasattr(type(self), name):
                 setattr(self, name, getattr(reference, name))
@@ -125,11 +128,10 @@ class FastOps:
         x2 = x.reshape(-1, x.shape[-1])
         out = _gemm_any(gemm, x2, w)                                    # (N, in) @ (in, out)
         if b is not None:
-            add_bias = getattr(self.kernels, "add_bias", None)          # the CPU's: on every thread
-            if add_bias is None:
+            if self.add_bias is None:
                 out += b
             else:
-                add_bias(out, b)
+                self.add_bias(out, b)
         return out.reshape(*x.shape[:-1], w.shape[-1]), reference.LinearCache(x, w, b is not None)
 
     def linear_backward(self, dout, cache, dw_out=None):
@@ -146,8 +148,7 @@ class FastOps:
         else:                                                            # a transposed view (the tied head)
             gemm(dout2, x2, out=dw_out.T, trans_a=True, beta=1.0)        # dW^T += dout^T @ x
             dw = dw_out
-        bias_grad = getattr(self.kernels, "bias_grad", None)
-        db = None if not has_bias else dout2.sum(axis=0) if bias_grad is None else bias_grad(dout2)
+        db = None if not has_bias else dout2.sum(axis=0) if self.bias_grad is None else self.bias_grad(dout2)
         return dx, dw, db
 
     # -- attention: one kernel for the whole core, only the causal half of the scores

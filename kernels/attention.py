@@ -18,20 +18,21 @@ Per (batch, head) pair, in parallel over all B * H pairs:
               dk[j] = sum_{t >= j} ds[t, j] q[t] / sqrt(hd)
               dv[j] = sum_{t >= j} a[t, j] dy[t]
 
-Nothing above the diagonal is computed, stored or read: the batched-matmul formulation
-computes the whole T x T square and masks half of it away. The forward saves the attention
+Above the diagonal only the R x R corners that the tiles below straddle are computed (and
+zeroed); the batched-matmul formulation computes the whole T x T square and masks half of it away. The forward saves the attention
 weights for the backward in a packed lower-triangular layout, (B * H, T (T + 1) / 2): row t
 of a matrix starts at t (t + 1) / 2 and holds its t + 1 weights, half the memory of (T, T).
 
-The backward runs one pass per pair along the rows t: da, ds and dq[t] as dot products along a
-contiguous axis (_dots_rows, _dots_cols; each running sum stays in a SIMD register), then row
-t's terms of dk[j] and dv[j] for every j <= t are added into (T, hd) scratch, hd features at a
-time.
+Both passes walk down the query rows R = 4 at a time, a tile: the tile's scores (or da) for all
+its keys, its softmax rows, then its outputs (or dq) and its rows' terms of dk[j] and dv[j],
+added into (T, hd) scratch. Each product is written as a register tile (_scores, _weighted,
+_accumulate): every key, value or query element loaded serves R multiply-adds or more, where a
+product of one row at a time loads an element for each multiply-add and is bound by the loads.
 
-Speed (one core, float32, the "small" model's 96 heads of 256 x 64; benchmarks/kernels.py): the
-forward runs at ~30 GFLOP/s counted on the causal half, more than OpenBLAS reaches on the
-full square; the gain is in skipping the masked half, the temporaries and the per-head GEMM
-calls, whose thread hand-offs stall on a busy machine.
+Speed (2 threads of an Intel Xeon (Sapphire Rapids), float32, the "small" model's 96 heads of
+256 x 64, counted on the causal half): forward ~10 ms (~80 GFLOP/s), backward ~19 ms (~85
+GFLOP/s); one row at a time (session 6) took 13 and 29 ms. The batched-matmul formulation computes
+the whole T x T square, materializes it, and hands each head's GEMM to the BLAS threads.
 """
 
 import numpy as np
@@ -51,31 +52,32 @@ SERIAL_OPTIONS = dict(OPTIONS, parallel=False)
 PARALLEL_MIN_WORK = {"omp": 1 << 15, "workqueue": 1 << 20}
 
 
+R = 4   # query rows per tile: each load of a key, value or scratch row serves R rows
+
+
 @njit(**SERIAL_OPTIONS)
 def _head_forward(qkv, b, h, n_heads, y, att):
     """Head h of batch row b: y[b, :, h's features] and its packed weights att (T (T + 1) / 2,),
     or no weights when att is empty (a forward that no backward follows)."""
     T, C = qkv.shape[1], qkv.shape[2] // 3
     hd = C // n_heads
-    scale = qkv.dtype.type(1.0 / np.sqrt(hd))
-    q, k, v = _gather_head(qkv, b, h, n_heads, scale)        # (T, hd) each, q scaled
-    vT = v.T.copy()                                          # (hd, T)
-    s = np.empty(T, qkv.dtype)
-    for t in range(T):
-        L = t + 1
-        _dots_rows(q[t], k, L, s)                            # s[j] = q[t] . k[j] / sqrt(hd), j <= t
-        m = row_max(s, L)
-        for j in range(L):
-            s[j] = exp(s[j] - m)
-        tot = 0.0                                            # float64 accumulator
-        for j in range(L):
-            tot += s[j]
-        inv = qkv.dtype.type(1.0 / tot)
-        for j in range(L):
-            s[j] *= inv
-        if att.size:                                         # kept for the backward: row t of the packed weights
-            att[t * (t + 1) // 2:(t + 1) * (t + 2) // 2] = s[:L]
-        _dots_cols(s, vT, L, y[b, t, h * hd:(h + 1) * hd])   # y[t, d] = sum_j a[t, j] v[j, d]
+    dt = qkv.dtype
+    q, k, v = _gather_head(qkv, b, h, n_heads, dt.type(1.0 / np.sqrt(hd)))   # (T, hd) each, q scaled
+    kT, vT = k.T.copy(), v.T.copy()                          # (hd, T)
+    s = np.empty((R, T), dt)                                 # R rows of scores, then of weights
+    o = np.empty((R, hd), dt)                                # R rows of output
+    for t0 in range(0, T, R):                                # query rows t0 .. t0 + R - 1
+        L = min(t0 + R, T)                                   # keys any row of the tile sees
+        rows = _tile_rows(q, t0)
+        _scores(rows, kT, L, s)                              # s[r, j] = q[t0 + r] . k[j] / sqrt(hd)
+        for r in range(R):
+            t = min(t0 + r, T - 1)                           # rows past T repeat row T - 1
+            _softmax_row(s[r], t + 1, L)                     # over keys j <= t; zero beyond
+            if att.size and t0 + r < T:                      # kept for the backward: packed row t
+                att[t * (t + 1) // 2:(t + 1) * (t + 2) // 2] = s[r, :t + 1]
+        _weighted(s, vT, L, o)                               # o[r, d] = sum_j a[r, j] v[j, d]
+        for r in range(min(R, T - t0)):
+            _copy(o[r], y[b, t0 + r, h * hd:(h + 1) * hd], dt.type(1.0))
 
 
 @twins(OPTIONS, min_work=PARALLEL_MIN_WORK)
@@ -116,27 +118,33 @@ def _head_backward(dy, qkv, att, b, h, n_heads, dqkv):
     g = np.empty((T, hd), dt)                                # dy of this head
     for t in range(T):
         _copy(dy[b, t, h * hd:(h + 1) * hd], g[t], dt.type(1.0))
-    kT = k.T.copy()                                          # (hd, T)
+    kT, vT = k.T.copy(), v.T.copy()                          # (hd, T)
     dk = np.zeros((T, hd), dt)
     dv = np.zeros((T, hd), dt)
-    s = np.empty(T, dt)
-    for t in range(T):                                       # one pass along the rows t
-        L = t + 1
-        a = att[t * (t + 1) // 2:(t + 1) * (t + 2) // 2]
-        _dots_rows(g[t], v, L, s)                            # s[j] = da[t, j] = dy[t] . v[j]
-        tot = 0.0                                            # sum_k a[t, k] da[t, k], float64
-        for j in range(L):
-            tot += a[j] * s[j]
-        c = dt.type(tot)
-        for j in range(L):
-            s[j] = a[j] * (s[j] - c) * scale                 # ds, with the 1/sqrt(hd) folded in
-        _dots_cols(s, kT, L, dqkv[b, t, h * hd:(h + 1) * hd])        # dq[t] = sum_j ds[t, j] k[j]
-        qt, gt = q[t], g[t]
-        for j in range(L):                                   # row t's terms of dk[j] and dv[j]
-            dkj, dvj, sj, aj = dk[j], dv[j], s[j], a[j]
-            for d in range(hd):
-                dkj[d] += sj * qt[d]                         # dk[j] = sum_{t >= j} ds[t, j] q[t]
-                dvj[d] += aj * gt[d]                         # dv[j] = sum_{t >= j} a[t, j] dy[t]
+    a = np.empty((R, T), dt)                                 # R rows of weights
+    ds = np.empty((R, T), dt)                                # R rows of da, then of ds
+    o = np.empty((R, hd), dt)                                # R rows of dq
+    for t0 in range(0, T, R):                                # query rows t0 .. t0 + R - 1
+        L = min(t0 + R, T)
+        _scores(_tile_rows(g, t0), vT, L, ds)                # ds[r, j] = da[t, j] = dy[t] . v[j]
+        for r in range(R):
+            t = t0 + r
+            n = t + 1 if t < T else 0                        # rows past T take no part
+            at = att[t * (t + 1) // 2:t * (t + 1) // 2 + n]
+            tot = 0.0                                        # sum_k a[t, k] da[t, k], float64
+            for j in range(n):
+                tot += at[j] * ds[r, j]
+            c = dt.type(tot)
+            for j in range(n):
+                a[r, j] = at[j]
+                ds[r, j] = at[j] * (ds[r, j] - c) * scale    # ds, with the 1/sqrt(hd) folded in
+            a[r, n:L] = 0
+            ds[r, n:L] = 0
+        _weighted(ds, kT, L, o)                              # dq[t] = sum_j ds[t, j] k[j]
+        for r in range(min(R, T - t0)):
+            _copy(o[r], dqkv[b, t0 + r, h * hd:(h + 1) * hd], dt.type(1.0))
+        _accumulate(ds, _tile_rows(q, t0), L, dk)            # dk[j] += sum_t ds[t, j] q[t]
+        _accumulate(a, _tile_rows(g, t0), L, dv)             # dv[j] += sum_t a[t, j] dy[t]
     for t in range(T):
         _copy(dk[t], dqkv[b, t, C + h * hd:C + (h + 1) * hd], dt.type(1.0))
         _copy(dv[t], dqkv[b, t, 2 * C + h * hd:2 * C + (h + 1) * hd], dt.type(1.0))
@@ -176,62 +184,121 @@ def _copy(src, dst, scale):
         dst[d] = src[d] * scale
 
 
-# The two products below are written as dot products along a contiguous axis, four at a time:
-# LLVM keeps each running sum in a SIMD register (a vectorized reduction), where a loop that
-# adds a scaled row into an output row loads and stores that row for every term. (The
-# backward's dk and dv are still summed that way, hd features at a time: as dot products they
-# would need ds and a by columns, and the second pass that wrote and read them was slower.)
-
-@njit(inline="always", fastmath={"reassoc", "contract"}, error_model="numpy")
-def _dots_rows(x, M, L, out):
-    """out[j] = x . M[j] for rows j < L of M (R, D)."""
-    D = x.shape[0]
-    zero = x.dtype.type(0.0)
-    j = 0
-    while j + 4 <= L:
-        m0, m1, m2, m3 = M[j], M[j + 1], M[j + 2], M[j + 3]
-        s0 = s1 = s2 = s3 = zero
-        for d in range(D):
-            xd = x[d]
-            s0 += xd * m0[d]
-            s1 += xd * m1[d]
-            s2 += xd * m2[d]
-            s3 += xd * m3[d]
-        out[j], out[j + 1], out[j + 2], out[j + 3] = s0, s1, s2, s3
-        j += 4
-    while j < L:
-        mj = M[j]
-        s0 = zero
-        for d in range(D):
-            s0 += x[d] * mj[d]
-        out[j] = s0
-        j += 1
+@njit(inline="always", error_model="numpy")
+def _tile_rows(x, t0):
+    """Rows t0 .. t0 + R - 1 of x (T, D) as R views, rows past the end repeating row T - 1."""
+    T = x.shape[0]
+    return x[min(t0, T - 1)], x[min(t0 + 1, T - 1)], x[min(t0 + 2, T - 1)], x[min(t0 + 3, T - 1)]
 
 
 @njit(inline="always", fastmath={"reassoc", "contract"}, error_model="numpy")
-def _dots_cols(w, MT, L, out):
-    """out[d] = sum_{j < L} w[j] MT[d, j], i.e. w[:L] @ M[:L] with M given transposed, MT (D, R)."""
+def _softmax_row(s, n, L):
+    """s[:n] = softmax(s[:n]) in place; s[n:L] = 0."""
+    m = row_max(s, n)
+    for j in range(n):
+        s[j] = exp(s[j] - m)
+    tot = 0.0                                                # float64 accumulator
+    for j in range(n):
+        tot += s[j]
+    inv = s.dtype.type(1.0 / tot)
+    for j in range(n):
+        s[j] *= inv
+    s[n:L] = 0
+
+
+# The three products below are register tiles of a small matrix product: each loaded element
+# serves four multiply-adds or more, where a product of one row at a time loads an element per
+# multiply-add. The running sums stay in SIMD registers, the loop LLVM vectorizes running along
+# a contiguous axis: keys j in _scores, features d in _accumulate, and keys again in _weighted
+# (as dot products, whose four-by-four partial sums are added across the register once per tile).
+
+@njit(inline="always", fastmath={"reassoc", "contract"}, error_model="numpy")
+def _scores(rows, MT, L, s):
+    """s[r, j] = rows[r] . M[j] for the R rows and keys j < L, with M given transposed, MT (D, T)."""
+    x0, x1, x2, x3 = rows
+    s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
+    D = MT.shape[0]
+    s[:, :L] = 0
+    d = 0
+    while d + 4 <= D:                                        # features d .. d + 3 per pass over the keys
+        m0, m1, m2, m3 = MT[d], MT[d + 1], MT[d + 2], MT[d + 3]
+        c00, c01, c02, c03 = x0[d], x0[d + 1], x0[d + 2], x0[d + 3]
+        c10, c11, c12, c13 = x1[d], x1[d + 1], x1[d + 2], x1[d + 3]
+        c20, c21, c22, c23 = x2[d], x2[d + 1], x2[d + 2], x2[d + 3]
+        c30, c31, c32, c33 = x3[d], x3[d + 1], x3[d + 2], x3[d + 3]
+        for j in range(L):
+            e0, e1, e2, e3 = m0[j], m1[j], m2[j], m3[j]
+            s0[j] += c00 * e0 + c01 * e1 + c02 * e2 + c03 * e3
+            s1[j] += c10 * e0 + c11 * e1 + c12 * e2 + c13 * e3
+            s2[j] += c20 * e0 + c21 * e1 + c22 * e2 + c23 * e3
+            s3[j] += c30 * e0 + c31 * e1 + c32 * e2 + c33 * e3
+        d += 4
+    while d < D:                                             # the last D % 4 features, one at a time
+        m0 = MT[d]
+        for j in range(L):
+            s0[j] += x0[d] * m0[j]
+            s1[j] += x1[d] * m0[j]
+            s2[j] += x2[d] * m0[j]
+            s3[j] += x3[d] * m0[j]
+        d += 1
+
+
+@njit(inline="always", fastmath={"reassoc", "contract"}, error_model="numpy")
+def _weighted(w, MT, L, out):
+    """out[r, d] = sum_{j < L} w[r, j] M[j, d] for the R rows of w, M given transposed, MT (D, T)."""
+    w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
     D = MT.shape[0]
     zero = w.dtype.type(0.0)
     d = 0
-    while d + 4 <= D:
-        r0, r1, r2, r3 = MT[d], MT[d + 1], MT[d + 2], MT[d + 3]
-        a0 = a1 = a2 = a3 = zero
+    while d + 4 <= D:                                        # features d .. d + 3 of the R rows
+        m0, m1, m2, m3 = MT[d], MT[d + 1], MT[d + 2], MT[d + 3]
+        a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = zero
+        a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = zero
         for j in range(L):
-            wj = w[j]
-            a0 += wj * r0[j]
-            a1 += wj * r1[j]
-            a2 += wj * r2[j]
-            a3 += wj * r3[j]
-        out[d], out[d + 1], out[d + 2], out[d + 3] = a0, a1, a2, a3
+            e0, e1, e2, e3 = m0[j], m1[j], m2[j], m3[j]
+            f0, f1, f2, f3 = w0[j], w1[j], w2[j], w3[j]
+            a00 += f0 * e0
+            a01 += f0 * e1
+            a02 += f0 * e2
+            a03 += f0 * e3
+            a10 += f1 * e0
+            a11 += f1 * e1
+            a12 += f1 * e2
+            a13 += f1 * e3
+            a20 += f2 * e0
+            a21 += f2 * e1
+            a22 += f2 * e2
+            a23 += f2 * e3
+            a30 += f3 * e0
+            a31 += f3 * e1
+            a32 += f3 * e2
+            a33 += f3 * e3
+        out[0, d], out[0, d + 1], out[0, d + 2], out[0, d + 3] = a00, a01, a02, a03
+        out[1, d], out[1, d + 1], out[1, d + 2], out[1, d + 3] = a10, a11, a12, a13
+        out[2, d], out[2, d + 1], out[2, d + 2], out[2, d + 3] = a20, a21, a22, a23
+        out[3, d], out[3, d + 1], out[3, d + 2], out[3, d + 3] = a30, a31, a32, a33
         d += 4
-    while d < D:
-        rd = MT[d]
-        a0 = zero
+    while d < D:                                             # the last D % 4 features, one at a time
+        m0 = MT[d]
+        a00 = a10 = a20 = a30 = zero
         for j in range(L):
-            a0 += w[j] * rd[j]
-        out[d] = a0
+            a00 += w0[j] * m0[j]
+            a10 += w1[j] * m0[j]
+            a20 += w2[j] * m0[j]
+            a30 += w3[j] * m0[j]
+        out[0, d], out[1, d], out[2, d], out[3, d] = a00, a10, a20, a30
         d += 1
+
+
+@njit(inline="always", fastmath={"reassoc", "contract"}, error_model="numpy")
+def _accumulate(w, rows, L, out):
+    """out[j] += sum_r w[r, j] rows[r] for keys j < L: out (T, D) and the R rows of length D."""
+    x0, x1, x2, x3 = rows
+    for j in range(L):
+        c0, c1, c2, c3 = w[0, j], w[1, j], w[2, j], w[3, j]
+        oj = out[j]
+        for d in range(oj.shape[0]):
+            oj[d] += c0 * x0[d] + c1 * x1[d] + c2 * x2[d] + c3 * x3[d]
 
 
 def causal_attention_backward(dy, qkv, att, n_heads, out=None):

@@ -24,6 +24,7 @@ SHAPES = [  # (B, T, n_heads, head_dim)
     (1, 1, 2, 4),       # a single token: attends to itself only
     (3, 16, 4, 8),
     (2, 33, 6, 12),     # T and head_dim not powers of two
+    (2, 5, 2, 7),       # a tile of one query row past the full ones; head_dim % 4 == 3
     (1, 64, 12, 64),    # GPT-2's head size
 ]
 

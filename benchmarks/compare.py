@@ -64,7 +64,11 @@ CONFIGS = {   # model config + batch; gpt2 is GPT-2 124M (context 1024, qkv bias
     "llama": dict(arch="llama3", vocab_size=65, context_length=64, emb_dim=128, n_heads=4, n_layers=4,
                   hidden_dim=341, n_kv_groups=2, rope_scaling=None, batch=32, seq=64),
 }
-TARGETS = {"tiny": 1.0, "small": 1.0, "gpt2": 0.9, "llama": None}   # ISSUE 8: train tokens/s ratio to reach
+# Ratios of ours to torch to reach at 2 threads, per measure and config (issue 16's; issue 8 asked
+# for 1.0x / 1.0x / 0.9x in training). A config not listed has no target for that measure.
+TARGETS = {"train": {"tiny": 1.1, "small": 1.1, "gpt2": 1.1},
+           "forward": {"tiny": 1.1, "small": 1.1},
+           "generate": {"tiny": 1.0, "small": 1.0, "gpt2": 1.0, "llama": 1.0}}
 PROMPT_LEN = 4
 
 
@@ -631,7 +635,7 @@ def write_report(a, runs):
     L = ["# Benchmarks: scratchgpt against torch eager\n",
          "Written by `benchmarks/compare.py`; its docstring says exactly what each row measures. "
          "Ratio = ours / torch in tokens per second (torch / ours for memory): above 1.00 we are "
-         "faster (or smaller). Targets are ISSUE 8's, at 2 threads.\n",
+         "faster (or smaller). Targets are issue 16's, at 2 threads.\n",
          f"- Machine: {runs[0]['info'].rsplit(';', 1)[0]}",
          f"- Medians of {a.repeats} alternating rounds (ours, torch; the first runner swaps each "
          f"round); generation: {a.gen_tokens} new tokens, greedy, batch 1, {PROMPT_LEN}-token "
@@ -660,8 +664,8 @@ def write_report(a, runs):
                      f"ctx{c['context_length']}, {c['batch']}x{c['seq']}")
             if "arch" in c:
                 shape = f"{c['arch']} KV{c['n_kv_groups']} F{c['hidden_dim']}, " + shape
-            for key, target in (("train", TARGETS[name]), ("forward", None), ("generate", 1.0),
-                                ("train1p", None)):
+            for key in ("train", "forward", "generate", "train1p"):
+                target = TARGETS.get(key, {}).get(name)
                 if key in res:
                     o, tr, fo, ft = res[key]
                     ok = "" if target is None or t != 2 else (

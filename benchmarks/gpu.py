@@ -61,25 +61,6 @@ def host_batch(cfgd, seed=0):
 
 
 # ---------------------------------------------------------------- ours
-def ours_step(cfgd):
-    """(model, opt, step) on the active backend: step() is one eager training step on the fixed
-    host batch (zero_grad, loss, backward, clip to 1.0, AdamW); gpu_launches.py and
-    gpu_profile.py time and count this."""
-    import scratchgpt as sg
-    model = sg.GPTModel(sg.GPTConfig(**model_config(cfgd)), seed=0, dtype="float32")
-    opt = sg.AdamW(model, lr=1e-4, weight_decay=0.1)
-    x, y = host_batch(cfgd)
-
-    def step():
-        model.zero_grad()
-        model.loss(x, y)
-        model.backward()
-        sg.clip_grad_norm(model, 1.0)
-        opt.step()
-    return model, opt, step
-
-
-
 class PeakCounter:
     """Wraps CuPy's memory pool: remembers the most bytes in use after any allocation."""
 

@@ -21,7 +21,8 @@ def main():
     a = ap.parse_args()
     import cupy
     import scratchgpt as sg
-    from gpu import CONFIGS, ours_step
+    from gpu import CONFIGS
+    from train import ours_step     # the same eager step as on the CPU
     from scratchgpt import backend
     from scratchgpt.kernels import cuda as K
 

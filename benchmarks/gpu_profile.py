@@ -15,7 +15,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu import CONFIGS, ours_step  # noqa: E402
+from gpu import CONFIGS  # noqa: E402
+from train import ours_step  # noqa: E402  (the same eager step as on the CPU)
 
 
 def profile(name, steps, prec):

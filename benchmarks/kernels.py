@@ -285,8 +285,8 @@ def main():
 def tiny_step(repeats, dtype):
     """Median ms of one tiny-model training step with the kernels off and on, alternating."""
     from scratchgpt import backend
-    from train import CONFIGS, ours_step_fn      # benchmarks/train.py, beside this script
-    step = ours_step_fn(CONFIGS["tiny"], dtype)
+    from train import CONFIGS, ours_step         # benchmarks/train.py, beside this script
+    step = ours_step(CONFIGS["tiny"], dtype)[2]
 
     times = {False: [], True: []}
     try:

@@ -16,7 +16,10 @@ CONFIGS = {
 }
 
 
-def ours_step_fn(cfgd, dtype="float32"):
+def ours_step(cfgd, dtype="float32"):
+    """(model, opt, step) on the active backend: step() is one eager training step on a fixed
+    random batch (zero_grad, loss, backward, clip to 1.0, AdamW). gpu.py, gpu_launches.py,
+    gpu_profile.py and kernels.py time and count this one too."""
     import numpy as np
     import scratchgpt as sg
     c = {k: v for k, v in cfgd.items() if k != "batch"}
@@ -32,7 +35,7 @@ def ours_step_fn(cfgd, dtype="float32"):
         model.backward()
         sg.clip_grad_norm(model, 1.0)
         opt.step()
-    return step
+    return model, opt, step
 
 
 def torch_step_fn(cfgd):
@@ -77,7 +80,7 @@ def main():
     for name in a.configs.split(","):
         cfgd = CONFIGS[name]
         tokens = cfgd["batch"] * cfgd["context_length"]
-        ours, theirs = ours_step_fn(cfgd), torch_step_fn(cfgd)
+        ours, theirs = ours_step(cfgd)[2], torch_step_fn(cfgd)
         ours(), theirs(), ours(), theirs()                     # warm-up (numba compile, allocator)
         to, tt = [], []
         for _ in range(a.repeats):                             # alternate so drift hits both

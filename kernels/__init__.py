@@ -10,6 +10,7 @@ float64, the dtype is kept): a small Python wrapper checks shapes and dtypes, th
     cross_entropy_forward_backward(logits, targets, ignore_index) -> loss, dlogits
     cross_entropy_loss(logits, targets, ignore_index) -> loss           (no gradient: evaluation)
     causal_attention_forward(qkv, n_heads, keep_att=True) -> y, att     causal_attention_backward(dy, qkv, att, n_heads) -> dqkv
+    cached_attention_forward(qkv, k_cache, v_cache, start, n_heads) -> y   (generation: new tokens after cached ones)
     adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay, n_decay)      (in place)
     embedding_backward(dout, ids, out) -> out                            (adds into out)
     add_bias(y, b) -> y  (y += b, in place)                             bias_grad(dout) -> db  (sum over rows)
@@ -60,9 +61,9 @@ __all__ = [
     "cross_entropy_forward_backward", "cross_entropy_loss",
 ]
 
-from .attention import causal_attention_backward, causal_attention_forward  # noqa: E402
+from .attention import cached_attention_forward, causal_attention_backward, causal_attention_forward  # noqa: E402
 
-__all__ += ["causal_attention_forward", "causal_attention_backward"]
+__all__ += ["causal_attention_forward", "causal_attention_backward", "cached_attention_forward"]
 
 from .adamw import adamw_step  # noqa: E402
 

@@ -18,10 +18,11 @@ Per (batch, head) pair, in parallel over all B * H pairs:
               dk[j] = sum_{t >= j} ds[t, j] q[t] / sqrt(hd)
               dv[j] = sum_{t >= j} a[t, j] dy[t]
 
-Above the diagonal only the R x R corners that the tiles below straddle are computed (and
-zeroed); the batched-matmul formulation computes the whole T x T square and masks half of it away. The forward saves the attention
-weights for the backward in a packed lower-triangular layout, (B * H, T (T + 1) / 2): row t
-of a matrix starts at t (t + 1) / 2 and holds its t + 1 weights, half the memory of (T, T).
+Above the diagonal only the small corners that the row tiles below straddle are computed (and
+zeroed); the batched-matmul formulation computes the whole T x T square and masks half of it
+away. The forward saves the attention weights for the backward in a packed lower-triangular
+layout, (B * H, T (T + 1) / 2): row t of a matrix starts at t (t + 1) / 2 and holds its t + 1
+weights, half the memory of (T, T).
 
 Both passes walk down the query rows R = 4 at a time, a tile: the tile's scores (or da) for all
 its keys, its softmax rows, then its outputs (or dq) and its rows' terms of dk[j] and dv[j],
@@ -52,7 +53,7 @@ SERIAL_OPTIONS = dict(OPTIONS, parallel=False)
 PARALLEL_MIN_WORK = {"omp": 1 << 15, "workqueue": 1 << 20}
 
 
-R = 4   # query rows per tile: each load of a key, value or scratch row serves R rows
+R = 4   # query rows per tile (the register tiles below are written out for four rows)
 
 
 @njit(**SERIAL_OPTIONS)
@@ -206,11 +207,13 @@ def _softmax_row(s, n, L):
     s[n:L] = 0
 
 
-# The three products below are register tiles of a small matrix product: each loaded element
-# serves four multiply-adds or more, where a product of one row at a time loads an element per
-# multiply-add. The running sums stay in SIMD registers, the loop LLVM vectorizes running along
-# a contiguous axis: keys j in _scores, features d in _accumulate, and keys again in _weighted
-# (as dot products, whose four-by-four partial sums are added across the register once per tile).
+# The three products below are register tiles of small matrix products. _scores adds four
+# features' terms to four rows of scores per pass over the keys (16 multiply-adds for the four
+# rows of M^T and the four scores it loads); _accumulate adds four rows' terms to an output row
+# per pass over its features; _weighted keeps a 4 x 4 block of dot products in SIMD registers
+# along the keys, added across each register once per block. A product of one row at a time
+# loads an element for every multiply-add and is bound by the loads. Every loop that LLVM
+# vectorizes runs along a contiguous axis.
 
 @njit(inline="always", fastmath={"reassoc", "contract"}, error_model="numpy")
 def _scores(rows, MT, L, s):
@@ -321,6 +324,73 @@ def causal_attention_backward(dy, qkv, att, n_heads, out=None):
     if dqkv.size:
         _attention_backward(dy, qkv, att, n_heads, dqkv, work=att.size * (C3 // 3 // n_heads))
     return dqkv
+
+
+# ---------------------------------------------------------------- generation: a few new tokens
+@njit(**SERIAL_OPTIONS)
+def _head_cached(qkv, k_cache, v_cache, start, b, h, n_heads, y):
+    """Head h of batch row b: its new keys and values into the caches, then y for its new queries."""
+    T, C = qkv.shape[1], qkv.shape[2] // 3
+    hd = C // n_heads
+    dt = qkv.dtype
+    kc, vc = k_cache[b, h], v_cache[b, h]                    # (context_length, hd)
+    for i in range(T):                                       # positions start .. start + T - 1
+        row = qkv[b, i]
+        _copy(row[C + h * hd:C + (h + 1) * hd], kc[start + i], dt.type(1.0))
+        _copy(row[2 * C + h * hd:2 * C + (h + 1) * hd], vc[start + i], dt.type(1.0))
+    scale = dt.type(1.0 / np.sqrt(hd))
+    s = np.empty(start + T, dt)
+    acc = np.empty(hd, dt)
+    for i in range(T):
+        L = start + i + 1                                    # query start + i sees keys 0 .. start + i
+        q = qkv[b, i, h * hd:(h + 1) * hd]
+        for j in range(L):
+            kj = kc[j]
+            dot = dt.type(0.0)
+            for d in range(hd):
+                dot += q[d] * kj[d]
+            s[j] = dot * scale                               # s[j] = q . k[j] / sqrt(hd)
+        _softmax_row(s, L, L)
+        acc[:] = 0
+        for j in range(L):                                   # y = sum_j a[j] v[j]
+            aj, vj = s[j], vc[j]
+            for d in range(hd):
+                acc[d] += aj * vj[d]
+        _copy(acc, y[b, i, h * hd:(h + 1) * hd], dt.type(1.0))
+
+
+@twins(OPTIONS, min_work=PARALLEL_MIN_WORK)
+def _cached_attention(qkv, k_cache, v_cache, start, n_heads, y):
+    for n in prange(qkv.shape[0] * n_heads):                 # every (batch row, head) pair
+        _head_cached(qkv, k_cache, v_cache, start, n // n_heads, n % n_heads, n_heads, y)
+
+
+def cached_attention_forward(qkv, k_cache, v_cache, start, n_heads, out=None):
+    """scratchgpt.ops.attention.cached_attention_forward in one kernel: attention for T new tokens
+    that follow `start` cached ones (generation, no backward). qkv (B, T, 3C); k_cache, v_cache
+    (B, n_heads, context_length, hd), C-contiguous, qkv's dtype: the new keys and values are
+    written into positions start .. start + T - 1. Returns y (B, T, C) (into out if given).
+
+    Built for generation's one new token per call: a dot product per cached key, no tiles. A long
+    prompt runs faster as batched products (FastOps sends those to the reference code)."""
+    qkv = as_float_array(qkv, "qkv", ndim=3)
+    B, T, C3 = qkv.shape
+    _check_heads(C3, n_heads)
+    hd = C3 // 3 // n_heads
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if (not isinstance(c, np.ndarray) or c.ndim != 4 or c.shape[:2] != (B, n_heads) or c.shape[3] != hd
+                or c.shape != k_cache.shape or c.dtype != qkv.dtype or not c.flags.c_contiguous
+                or not c.flags.writeable):
+            raise ValueError(f"{name} must be a writeable C-contiguous {qkv.dtype} array of shape "
+                             f"({B}, {n_heads}, context_length, {hd}) like the other cache, got "
+                             f"{getattr(c, 'dtype', type(c).__name__)} {getattr(c, 'shape', '')}")
+    if not 0 <= start <= k_cache.shape[2] - T:
+        raise ValueError(f"{T} new token(s) after {start} cached ones do not fit the cache's "
+                         f"{k_cache.shape[2]} positions")
+    y = _output(out, (B, T, C3 // 3), qkv.dtype, "out")
+    if y.size:
+        _cached_attention(qkv, k_cache, v_cache, start, n_heads, y, work=B * n_heads * T * (start + T) * hd)
+    return y
 
 
 def _check_heads(C3, n_heads):

@@ -26,6 +26,12 @@ from scratchgpt.arrays import array_module
 from scratchgpt.ops import AttentionCache, LayerNormCache
 
 
+# Generation's attention runs the CPU kernel for at most this many new tokens per call (one, while
+# sampling); longer prompts run the reference's batched products. Measured where the two cross: see
+# the closing note of issue 16 (benchmarks/kernels.py prints both).
+CACHED_KERNEL_MAX_TOKENS = 16
+
+
 class FusedCrossEntropyCache(NamedTuple):
     dlogits: object      # (N, V) (softmax - onehot) / n, formed in the forward's one pass
     shape: tuple         # the logits' original shape
@@ -181,6 +187,14 @@ class FastOps:
         if cache.att.ndim == 4:                       # (B, H, T, T): the forward ran the reference code
             return reference.attention_backward(dy, cache)
         return self.kernels.causal_attention_backward(dy, cache.qkv, cache.att, cache.n_heads)
+
+    def cached_attention_forward(self, qkv, k_cache, v_cache, start, n_heads):
+        """Generation's attention: the kernel for a few new tokens; a long prompt (or the GPU) runs
+        the reference's batched products, faster there than the kernel's dot product per key."""
+        kernel = getattr(self.kernels, "cached_attention_forward", None)
+        if kernel is None or qkv.shape[1] > CACHED_KERNEL_MAX_TOKENS:
+            return reference.cached_attention_forward(qkv, k_cache, v_cache, start, n_heads)
+        return kernel(qkv, k_cache, v_cache, start, n_heads)
 
     def _flash(self, drop_rate, rng):
         """Whether attention runs kernels/cuda_flash.py: on the GPU, asked for, and no dropout to draw."""

@@ -139,3 +139,78 @@ def test_fast_attention_op_with_dropout_takes_the_reference_path():
     assert c.att.ndim == 4 and c.drop_mask is not None   # the array code, which applies the mask
     y_eval, c_eval = fast.attention_forward(qkv, 2, drop_rate=0.5, rng=None)
     assert c_eval.att.ndim == 2 and c_eval.drop_mask is None   # evaluation mode: no mask, fused
+
+
+# ---------------------------------------------------------------- generation: cached_attention_forward
+CACHED = [  # (B, H, hd, context_length, start, T)
+    (1, 2, 4, 8, 0, 1),         # the first token of an empty cache: attends to itself only
+    (2, 3, 5, 12, 7, 1),        # one new token, odd head size (the sampling loop's call)
+    (1, 2, 8, 16, 0, 6),        # a prompt into an empty cache
+    (2, 2, 6, 20, 9, 4),        # several new tokens after cached ones
+    (1, 3, 4, 9, 5, 4),         # filling the cache to its last position
+]
+
+
+def torch_cached_attention(qkv, keys, values, start, H):
+    """torch: the new queries against all keys so far (cached ones first), causally masked."""
+    B, T, C3 = qkv.shape
+    hd = C3 // 3 // H
+    q = torch.tensor(qkv[..., :C3 // 3], dtype=torch.float64).reshape(B, T, H, hd).transpose(1, 2)
+    k, v = (torch.tensor(a, dtype=torch.float64) for a in (keys, values))           # (B, H, start + T, hd)
+    future = torch.arange(start + T)[None, :] > (start + torch.arange(T))[:, None]
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=~future)
+    return y.transpose(1, 2).reshape(B, T, C3 // 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("B,H,hd,ctx,start,T", CACHED)
+def test_cached_attention_matches_torch_and_fills_the_cache(B, H, hd, ctx, start, T, dtype):
+    r = np.random.default_rng(1)
+    qkv = r.standard_normal((B, T, 3 * H * hd)).astype(dtype)
+    k_cache = np.full((B, H, ctx, hd), np.nan, dtype)     # positions past start + T stay untouched
+    v_cache = np.full((B, H, ctx, hd), np.nan, dtype)
+    k_cache[:, :, :start] = r.standard_normal((B, H, start, hd))
+    v_cache[:, :, :start] = r.standard_normal((B, H, start, hd))
+    k_ref, v_ref = k_cache.copy(), v_cache.copy()
+    y = K.cached_attention_forward(qkv, k_cache, v_cache, start, H)
+    y_ref = ops.cached_attention_forward(qkv, k_ref, v_ref, start, H)
+    assert y.dtype == dtype and y.shape == (B, T, H * hd)
+    np.testing.assert_array_equal(k_cache, k_ref)          # the new keys and values, copied exactly
+    np.testing.assert_array_equal(v_cache, v_ref)
+    end = start + T
+    assert rel_err(y, torch_cached_attention(qkv, k_cache[:, :, :end], v_cache[:, :, :end], start, H)) <= TOL[dtype]
+    assert rel_err(y, y_ref) <= TOL[dtype]
+
+
+def test_cached_attention_errors_say_what_is_wrong():
+    qkv = np.zeros((1, 2, 3 * 2 * 4), np.float32)
+    cache = np.zeros((1, 2, 6, 4), np.float32)
+    with pytest.raises(ValueError, match="do not fit the cache's 6 positions"):
+        K.cached_attention_forward(qkv, cache, cache.copy(), 5, 2)
+    with pytest.raises(ValueError, match="k_cache must be"):
+        K.cached_attention_forward(qkv, cache[:, :, :, :3], cache, 0, 2)
+    with pytest.raises(ValueError, match="v_cache must be"):
+        K.cached_attention_forward(qkv, cache, cache.astype(np.float64), 0, 2)
+    with pytest.raises(ValueError, match="v_cache must be"):
+        K.cached_attention_forward(qkv, cache, np.zeros((1, 2, 7, 4), np.float32), 0, 2)
+    with pytest.raises(ValueError, match="k_cache must be"):
+        K.cached_attention_forward(qkv, np.zeros((1, 2, 4, 6), np.float32).transpose(0, 1, 3, 2), cache, 0, 2)
+    with pytest.raises(ValueError, match="n_heads = 3"):
+        K.cached_attention_forward(qkv, cache, cache.copy(), 0, 3)
+
+
+def test_fast_cached_attention_runs_the_kernel_for_a_few_tokens_only(monkeypatch):
+    from scratchgpt.kernels import ops as fast_ops
+    calls = []
+    kernel = K.cached_attention_forward
+    fast = FastOps(K)
+    monkeypatch.setattr(K, "cached_attention_forward", lambda *a: calls.append(a[0].shape[1]) or kernel(*a))
+    n = fast_ops.CACHED_KERNEL_MAX_TOKENS
+    r = np.random.default_rng(2)
+    for T in (1, n, n + 1):
+        qkv = r.standard_normal((1, T, 3 * 2 * 4))
+        k_cache, v_cache = np.zeros((2, 1, 2, 2 * n, 4))
+        y = fast.cached_attention_forward(qkv, k_cache, v_cache, 3, 2)
+        y_ref = ops.cached_attention_forward(qkv, np.zeros_like(k_cache), np.zeros_like(v_cache), 3, 2)
+        assert rel_err(y, y_ref) <= 1e-12
+    assert calls == [1, n]                                  # n + 1 new tokens: the reference's products

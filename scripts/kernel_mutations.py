@@ -7,6 +7,7 @@ source, runs the kernel's tests, and puts the line back (also on Ctrl-C).
 
     python scripts/kernel_mutations.py              # every mutant below
     python scripts/kernel_mutations.py cached       # those whose name contains "cached"
+    python scripts/kernel_mutations.py layernorm
 
 Each mutant compiles into a throwaway numba cache, so the project's own cache stays as it was
 (the kernel edited recompiles once afterwards: numba sees a newer file). Exit code 1 if a mutant
@@ -20,6 +21,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATT = "kernels/attention.py"
 ATT_TESTS = "tests/test_kernels_attention.py"
+KERNEL_TESTS = "tests/test_kernels.py"          # softmax, layernorm, GELU, cross-entropy, embedding
 
 MUTANTS = [
     # the register tiles of the causal attention (kernels/attention.py)
@@ -53,6 +55,56 @@ MUTANTS = [
     ("cached: the accumulator is not reset", ATT, "        acc[:] = 0\n", "\n", ATT_TESTS),
     ("cached: FastOps' token limit off by one", "kernels/ops.py",
      "qkv.shape[1] > CACHED_KERNEL_MAX_TOKENS", "qkv.shape[1] >= CACHED_KERNEL_MAX_TOKENS", ATT_TESTS),
+    # the causal softmax
+    ("softmax: the max over one key too few", "kernels/softmax.py",
+     "m = row_max(row, t + 1)", "m = row_max(row, t)", KERNEL_TESTS),
+    ("softmax: the diagonal zeroed", "kernels/softmax.py",
+     "            v = out[j] * inv_s\n            out[j] = v if j <= t else zero",
+     "            v = out[j] * inv_s\n            out[j] = v if j < t else zero", KERNEL_TESTS),
+    ("softmax backward: the sum one key short", "kernels/softmax.py",
+     "        for j in range(t + 1):\n            s += g[j] * p[j]",
+     "        for j in range(t):\n            s += g[j] * p[j]", KERNEL_TESTS),
+    # LayerNorm
+    ("layernorm: unbiased variance", "kernels/layernorm.py",
+     "r = 1.0 / np.sqrt(v / C + eps)", "r = 1.0 / np.sqrt(v / (C - 1) + eps)", KERNEL_TESTS),
+    ("layernorm: no eps", "kernels/layernorm.py", "r = 1.0 / np.sqrt(v / C + eps)", "r = 1.0 / np.sqrt(v / C)",
+     KERNEL_TESTS),
+    ("layernorm backward: no xhat term", "kernels/layernorm.py",
+     "dx[i, c] = r * (g[c] * w[c] - m1 - xhat * m2)", "dx[i, c] = r * (g[c] * w[c] - m1)", KERNEL_TESTS),
+    ("layernorm backward: db scaled by w", "kernels/layernorm.py",
+     "db_parts[k, c] += g[c]\n", "db_parts[k, c] += g[c] * w[c]\n", KERNEL_TESTS),
+    # GELU
+    ("gelu: the wrong constant", "kernels/gelu.py",
+     "k0 = x.dtype.type(-2.0 * _SQRT_2_OVER_PI)  # constants", "k0 = x.dtype.type(-1.0 * _SQRT_2_OVER_PI)  # constants",
+     KERNEL_TESTS),
+    ("gelu backward: no du/dx", "kernels/gelu.py",
+     "dx[i] = dout[i] * (s + xc * s * (one - s) * two_du)", "dx[i] = dout[i] * (s + xc * s * (one - s))",
+     KERNEL_TESTS),
+    ("gelu backward: no clamp of huge inputs", "kernels/gelu.py",
+     "xc = min(max(xi, -lim), lim)", "xc = xi", KERNEL_TESTS),
+    # cross-entropy
+    ("cross-entropy: the target's 1 not taken off", "kernels/cross_entropy.py",
+     "g[tgt] -= 1.0 / n_valid", "g[tgt] -= 0.0 / n_valid", KERNEL_TESTS),
+    ("cross-entropy: ignored rows get a gradient", "kernels/cross_entropy.py",
+     "            g[:] = 0.0\n", "            g[:] = 1.0\n", KERNEL_TESTS),
+    ("cross-entropy loss alone: no max", "kernels/cross_entropy.py",
+     "        m = row_max(z, V)\n        s = 0.0", "        m = 0.0\n        s = 0.0", KERNEL_TESTS),
+    # the embedding's scatter-add (not "negative ids not wrapped": numba wraps a negative index itself)
+    ("embedding: the last id allowed past the table", "kernels/embedding.py",
+     "if ids[n] < -V or ids[n] >= V:", "if ids[n] < -V or ids[n] > V:", KERNEL_TESTS),
+    # AdamW
+    ("adamw: no bias correction of m", "kernels/adamw.py",
+     "f(lr / (1.0 - b1 ** t))", "f(lr)", "tests/test_kernels_adamw.py"),
+    ("adamw: decay one parameter too many", "kernels/adamw.py",
+     "(decay if i < n_decay else one)", "(decay if i <= n_decay else one)", "tests/test_kernels_adamw.py"),
+    ("adamw: no eps", "kernels/adamw.py",
+     "inv_sqrt_bc2 + eps))", "inv_sqrt_bc2))", "tests/test_kernels_adamw.py"),
+    # the bias kernels
+    ("bias: a chunk drops its last row", "kernels/bias.py",
+     "range(k * N // n_chunks, (k + 1) * N // n_chunks)", "range(k * N // n_chunks, (k + 1) * N // n_chunks - 1)",
+     "tests/test_kernels_bias.py"),
+    ("bias: added once too often", "kernels/bias.py", "row[c] += b[c]", "row[c] += 2 * b[c]",
+     "tests/test_kernels_bias.py"),
 ]
 
 

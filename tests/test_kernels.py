@@ -149,6 +149,11 @@ def test_causal_softmax_is_stable_for_large_scores(dtype):
     assert np.all(np.isfinite(y))
     assert_close(y, softmax_ref(x), TOL[dtype])
     np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=TOL[dtype])
+    x = np.zeros((2, 6, 6), dtype)
+    x[:, np.arange(6), np.arange(6)] = 1000.0                     # each row's largest score on the diagonal
+    y = K.causal_softmax_forward(x)                               # (the max must include it, or exp overflows)
+    assert np.all(np.isfinite(y))
+    np.testing.assert_allclose(y, np.broadcast_to(np.eye(6, dtype=dtype), x.shape), atol=TOL[dtype])
 
 
 def test_causal_softmax_passes_nan_through():
@@ -326,6 +331,7 @@ def test_cross_entropy_is_stable_for_large_logits():
     assert math.isfinite(loss) and np.all(np.isfinite(d))
     assert_close(loss, loss_ref, 1e-6)
     assert_close(d, d_ref, 1e-6)
+    assert_close(K.cross_entropy_loss(logits, np.array([0, 0])), loss_ref, 1e-6)   # the loss alone too
 
 
 def test_cross_entropy_passes_nan_through():

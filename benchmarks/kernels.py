@@ -1,8 +1,8 @@
 """Speed of the numba kernels against careful plain-NumPy versions of the same ops.
 
 Forward + backward of each op (causal softmax, layernorm, GELU, fused attention, the embedding's
-scatter-add, cross-entropy; generation's attention for one new token, forward only) at the shapes of the "tiny" and "small" models; median of a few
-repeats after a warm-up call (which also triggers numba's compile, or loads it from the cache).
+scatter-add, cross-entropy; generation's attention for one new token, forward only) at the shapes
+of the "tiny" and "small" models; median of a few repeats after a warm-up call (which also triggers numba's compile, or loads it from the cache).
 Numba columns: what the library runs (the serial or the parallel twin of each kernel, picked by
 input size, see kernels/_common.py), allocating fresh outputs on every call as the NumPy
 versions do; the same writing into buffers reused across calls (`out=`), as a training step
@@ -228,10 +228,11 @@ def cases(model, dtype, rng):
     yield (f"attention {B}x{T}x{C}, {H} heads", lambda: attention_numpy(qkv, H, dya, mask),
            attn_nb, lambda: attn_nb(out=True))
 
-    # generation's step: one new token's attention over T - 1 cached ones (the reference: batched products)
+    # generation's step: one new token's attention over T - 1 cached ones (the reference: batched
+    # products), 100 calls per timing since one takes microseconds
     q1 = rng.standard_normal((1, 1, 3 * C)).astype(dtype)
     k_cache, v_cache = rng.standard_normal((2, 1, H, T, C // H)).astype(dtype)
-    yield (f"100 x cached attention, T {T}",     # generation: 1 new token after T - 1, 100 calls (each takes microseconds)
+    yield (f"100 x cached attention, T {T}",
            lambda: [cached_numpy(q1, k_cache, v_cache, T - 1, H) for _ in range(100)],
            lambda: [K.cached_attention_forward(q1, k_cache, v_cache, T - 1, H) for _ in range(100)], None)
 

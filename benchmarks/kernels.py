@@ -3,10 +3,11 @@
 Forward + backward of each op (causal softmax, layernorm, GELU, fused attention, the embedding's
 scatter-add, cross-entropy; generation's attention for one new token, forward only) at the shapes
 of the "tiny" and "small" models; median of a few repeats after a warm-up call (which also
-triggers numba's compile, or loads it from the cache). Numba columns: what the library runs (the serial or the parallel twin of each kernel, picked by
-input size, see kernels/_common.py), allocating fresh outputs on every call as the NumPy
-versions do; the same writing into buffers reused across calls (`out=`), as a training step
-can; and each twin forced, to show where the size threshold should sit.
+triggers numba's compile, or loads it from the cache). Numba columns: what the library runs (the
+serial or the parallel twin of each kernel, picked by input size, see kernels/_common.py),
+allocating fresh outputs on every call as the NumPy versions do; the same writing into buffers
+reused across calls (`out=`), as a training step can; and each twin forced, to show where the size
+threshold should sit.
 
     python benchmarks/kernels.py                  # float32, both models, and the tiny training step
     python benchmarks/kernels.py --dtype float64 --model tiny --repeats 5
